@@ -1,0 +1,272 @@
+"""The gateway: `create_app(settings)` builds the Starlette app; nothing runs at import.
+
+    POST /webhooks/{source}   read (capped) -> verify -> normalise -> Avro -> produce -> ack
+    GET  /healthz             the process is alive
+    GET  /readyz              config loaded and the broker answered recently
+    GET  /metrics             Prometheus text exposition
+
+Every answer of the webhook endpoint comes from `ANSWERS`, one table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from gateway import logs
+from gateway.config import Settings, SourceSettings
+from gateway.errors import VerificationError
+from gateway.metrics import UNKNOWN_SOURCE, GatewayMetrics
+from gateway.normalize import normalize
+from gateway.publisher import Publisher, PublishError
+from gateway.topics import TopicNames, names
+from gateway.verify.base import InboundRequest
+from schemas.envelope import ce_headers
+from schemas.serde import EnvelopeSerializer
+
+READY_WITHIN_S = 15.0
+RETRY_AFTER_S = "5"
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    outcome: str  # metric label
+    body: dict[str, str]
+
+
+# situation -> HTTP answer; the one place that maps outcomes to status codes
+ANSWERS: dict[str, Answer] = {
+    "not_found": Answer(404, "not_found", {"error": "unknown source"}),
+    "method_not_allowed": Answer(405, "method_not_allowed", {"error": "use POST"}),
+    "unauthorized": Answer(401, "unauthorized", {"error": "verification failed"}),
+    "too_large": Answer(413, "too_large", {"error": "body too large"}),
+    "unavailable": Answer(503, "unavailable", {"error": "not acknowledged by Kafka, retry"}),
+}
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def read_body(receive: Receive, limit: int) -> bytes:
+    """Read the request body, stopping as soon as it exceeds `limit` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ConnectionResetError("client disconnected")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _BodyTooLarge
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for raw_name, raw_value in scope["headers"]:
+        name = raw_name.decode("latin-1").lower()
+        if name not in out:  # the first of repeated headers, as Starlette does
+            out[name] = raw_value.decode("latin-1")
+    return out
+
+
+class WebhookEndpoint:
+    """The hot path, as a plain ASGI app routed by Starlette."""
+
+    def __init__(self, settings: Settings, publisher: Publisher, serializer: EnvelopeSerializer,
+                 metrics: GatewayMetrics, clock: Callable[[], float] = time.time) -> None:
+        self.sources: dict[str, SourceSettings] = dict(settings.sources)
+        self.topics: TopicNames = names(settings)
+        self.publisher = publisher
+        self.serializer = serializer
+        self.metrics = metrics
+        self.clock = clock
+        self.max_in_flight = settings.gateway.max_in_flight
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        headers = _headers(scope)
+        supplied = headers.get("x-request-id", "")
+        request_id = supplied if _REQUEST_ID.match(supplied) else uuid.uuid4().hex
+        source = self.sources.get(scope["path_params"]["source"])
+        label = source.name if source is not None else UNKNOWN_SOURCE
+        per_source = self.metrics.by_source[label]
+        self.in_flight += 1
+        self.metrics.in_flight.inc()
+        try:
+            status, outcome, body, extra = await self._handle(
+                scope, receive, headers, source, request_id)
+        finally:
+            self.in_flight -= 1
+            self.metrics.in_flight.dec()
+        per_source.outcomes[outcome].inc()
+        per_source.request.observe(time.perf_counter() - started)
+        body["request_id"] = request_id
+        payload = json.dumps(body, separators=(",", ":")).encode()
+        response_headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(payload)).encode()),
+            (b"x-request-id", request_id.encode()),
+            *extra,
+        ]
+        await send({"type": "http.response.start", "status": status,
+                    "headers": response_headers})
+        await send({"type": "http.response.body", "body": payload})
+
+    async def _handle(
+        self, scope: Scope, receive: Receive, headers: dict[str, str],
+        source: SourceSettings | None, request_id: str,
+    ) -> tuple[int, str, dict[str, str], list[tuple[bytes, bytes]]]:
+        if source is None:
+            return self._answer("not_found")
+        if scope["method"] != "POST":
+            status, outcome, body, _ = self._answer("method_not_allowed")
+            return status, outcome, body, [(b"allow", b"POST")]
+        per_source = self.metrics.by_source[source.name]
+        close = [(b"connection", b"close")]
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > source.body_limit:
+            status, outcome, body, _ = self._answer("too_large")
+            return status, outcome, body, close
+        try:
+            raw = await read_body(receive, source.body_limit)
+        except _BodyTooLarge:
+            status, outcome, body, _ = self._answer("too_large")
+            return status, outcome, body, close
+        per_source.body_size.observe(len(raw))
+        now = self.clock()
+        try:
+            verified = source.verifier.verify(InboundRequest(headers, raw), now)
+        except VerificationError as exc:
+            per_source.failures[exc.reason].inc()
+            logs.warning("verification failed", source=source.name, reason=exc.reason,
+                         detail=exc.detail, request_id=request_id)
+            status, outcome, body, extra = self._answer("unauthorized")
+            return status, outcome, {**body, "reason": exc.reason}, extra
+        self.metrics.verified.labels(source.name, verified.scheme, verified.key_id or "",
+                                     verified.mode or "").inc()
+        if self.in_flight > self.max_in_flight:
+            per_source.delivery_errors["queue_full"].inc()
+            return self._unavailable()
+        envelope = normalize(source, verified, received_at_us=int(now * 1_000_000),
+                             request_id=request_id)
+        quarantined = envelope.quarantine_reason is not None
+        topic = self.topics.quarantine if quarantined else self.topics.raw(source.provider)
+        kafka_headers = ce_headers(envelope)
+        if quarantined:
+            kafka_headers += [
+                ("x-quarantine-reason", str(envelope.quarantine_reason).encode()),
+                ("x-quarantine-stage", b"gateway"),
+            ]
+        value = self.serializer(envelope, topic)
+        publish_started = time.perf_counter()
+        try:
+            await self.publisher.publish(topic, envelope.event_id.encode(), value, kafka_headers,
+                                         source.deadline_s)
+        except PublishError as exc:
+            per_source.delivery_errors[exc.reason].inc()
+            logs.warning("publish failed", source=source.name, event_id=envelope.event_id,
+                         request_id=request_id, reason=exc.reason)
+            return self._unavailable()
+        per_source.publish.observe(time.perf_counter() - publish_started)
+        if quarantined:
+            logs.warning("quarantined", source=source.name, event_id=envelope.event_id,
+                         request_id=request_id, reason=envelope.quarantine_reason)
+            return (source.success_status, "quarantined",
+                    {"status": "quarantined", "event_id": envelope.event_id,
+                     "reason": str(envelope.quarantine_reason)}, [])
+        return (source.success_status, "accepted",
+                {"status": "accepted", "event_id": envelope.event_id}, [])
+
+    @staticmethod
+    def _answer(name: str) -> tuple[int, str, dict[str, str], list[tuple[bytes, bytes]]]:
+        answer = ANSWERS[name]
+        return answer.status, answer.outcome, dict(answer.body), []
+
+    def _unavailable(self) -> tuple[int, str, dict[str, str], list[tuple[bytes, bytes]]]:
+        status, outcome, body, _ = self._answer("unavailable")
+        return status, outcome, body, [(b"retry-after", RETRY_AFTER_S.encode())]
+
+
+def create_app(
+    settings: Settings,
+    *,
+    publisher: Publisher | None = None,
+    registry: CollectorRegistry | None = None,
+    serializer: EnvelopeSerializer | None = None,
+) -> Starlette:
+    registry = registry if registry is not None else CollectorRegistry()
+    metrics = GatewayMetrics(((s.name, s.deadline_s) for s in settings.sources.values()),
+                             registry)
+    publisher = publisher or Publisher(settings.producer_config())
+    serializer = serializer or EnvelopeSerializer(settings.bridge.schema_registry_url)
+    endpoint = WebhookEndpoint(settings, publisher, serializer, metrics)
+    metrics.queue.set_function(publisher.queue_depth)
+    publisher.on_rebuild.append(metrics.rebuilds.inc)
+    topic_names = names(settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+        publisher.start(loop)
+        if serializer.uses_registry:  # register schemas now, not on the request path
+            for provider in settings.providers:
+                await loop.run_in_executor(None, serializer.prepare, topic_names.raw(provider))
+            await loop.run_in_executor(None, serializer.prepare, topic_names.quarantine)
+        await loop.run_in_executor(None, publisher.check_broker, 2.0)
+        logs.info("gateway ready", sources=",".join(settings.sources),
+                  bootstrap=settings.kafka.get("bootstrap.servers", ""))
+        try:
+            yield
+        finally:
+            left = await loop.run_in_executor(None, publisher.close,
+                                              settings.gateway.drain_timeout_s)
+            logs.info("gateway stopped", unflushed=left)
+
+    async def healthz(_request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(_request: Request) -> Response:
+        recent = time.monotonic() - publisher.last_ok < READY_WITHIN_S
+        if not recent:
+            loop = asyncio.get_running_loop()
+            recent = await loop.run_in_executor(None, publisher.check_broker, 1.0)
+        if recent:
+            return JSONResponse({"status": "ready"})
+        return JSONResponse({"status": "broker unreachable"}, status_code=503)
+
+    async def metrics_endpoint(_request: Request) -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    routes = [
+        Route("/webhooks/{source}", endpoint=endpoint,
+              methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.publisher = publisher
+    app.state.metrics = metrics
+    app.state.registry = registry
+    return app

@@ -1,0 +1,489 @@
+"""The one TOML configuration, loaded into frozen objects and validated at start-up.
+
+Layout (see README "Configuration reference" and `deploy/demo.toml`)::
+
+    [bridge]    topic prefix, schema registry, logging
+    [kafka]     librdkafka settings for every client (dotted keys pass through),
+                [kafka.producer] / [kafka.consumer] for one kind of client only
+    [topics]    partitions, replication factor, topic configs for `topics`
+    [gateway] [compactor] [reorderer] [fanout]   per-process settings
+    [sources.<name>]  one webhook endpoint: scheme, secrets, selectors, limits
+    [sinks.<name>]    one fan-out destination: type, routing, retry policy
+
+Every scalar has an environment twin named ``BRIDGE_<PATH>`` with dots and
+dashes turned into underscores (``BRIDGE_GATEWAY_PORT``,
+``BRIDGE_SOURCES_JIKO_DEADLINE_S``, ``BRIDGE_KAFKA_BOOTSTRAP_SERVERS``); the
+environment wins over the file. Secrets are never values in the file: a source
+lists environment-variable names (``secrets``) or files (``secret_files``).
+Any error stops the process with one line: ``config error: <key>: <problem>``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from gateway.errors import ConfigError
+from gateway.providers import DEFAULT_SELECTORS
+from gateway.selectors import Selector, parse_selector
+from gateway.verify import build_verifier
+from gateway.verify.base import BuildContext, Secret, Verifier
+
+ENV_PREFIX = "BRIDGE_"
+
+
+@dataclass(frozen=True)
+class BridgeSettings:
+    topic_prefix: str = "webhooks"
+    schema_registry_url: str = ""  # empty: Avro single-object encoding, no registry
+    log_level: str = "info"
+    log_format: str = "kv"  # kv | json
+
+
+@dataclass(frozen=True)
+class TopicSettings:
+    partitions: int = 3
+    replication_factor: int = 1
+    config: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    deadline_s: float = 2.5  # default per-source publish deadline
+    body_limit: int = 1_048_576  # default per-source body cap, bytes
+    max_in_flight: int = 10_000  # requests waiting for the broker; beyond: 503
+    drain_timeout_s: float = 10.0  # SIGTERM: wait this long for in-flight acks
+
+
+@dataclass(frozen=True)
+class CompactorSettings:
+    dedup_horizon_s: float = 7 * 24 * 3600.0
+    state_dir: str = ".state/compactor"
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9101
+    commit_interval_ms: int = 100
+    instance_id: str = "0"
+
+
+@dataclass(frozen=True)
+class ReordererSettings:
+    window_s: float = 5.0
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9102
+    commit_interval_ms: int = 100
+    instance_id: str = "0"
+
+
+@dataclass(frozen=True)
+class FanoutSettings:
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9103
+    instance_id: str = "0"
+
+
+@dataclass(frozen=True)
+class Selectors:
+    id: Selector | None = None
+    type: Selector | None = None
+    occurred_at: Selector | None = None
+    ordering_key: Selector | None = None
+
+
+@dataclass(frozen=True)
+class SourceSettings:
+    name: str
+    scheme: str
+    provider: str
+    verifier: Verifier
+    selectors: Selectors
+    allow_unverified: bool
+    deadline_s: float
+    body_limit: int
+    success_status: int
+    dedup_horizon_s: float
+    reorder_window_s: float
+    key_ids: tuple[str, ...]  # names of the live secrets (safe to show)
+    verify_context: BuildContext = field(repr=False, compare=False, default=None)  # type: ignore[assignment]
+
+
+@dataclass(frozen=True)
+class RetrySettings:
+    max_attempts: int = 8
+    initial_backoff_s: float = 0.5
+    max_backoff_s: float = 60.0
+    max_elapsed_s: float = 3600.0
+
+
+@dataclass(frozen=True)
+class SinkSettings:
+    name: str
+    type: str
+    providers: tuple[str, ...]
+    event_types: tuple[str, ...]
+    retry: RetrySettings
+    options: Mapping[str, Any]  # type-specific, validated by the sink class
+
+
+@dataclass(frozen=True)
+class Settings:
+    bridge: BridgeSettings
+    kafka: Mapping[str, str]
+    kafka_producer: Mapping[str, str]
+    kafka_consumer: Mapping[str, str]
+    topics: TopicSettings
+    gateway: GatewaySettings
+    compactor: CompactorSettings
+    reorderer: ReordererSettings
+    fanout: FanoutSettings
+    sources: Mapping[str, SourceSettings]
+    sinks: Mapping[str, SinkSettings]
+    path: str = ""
+
+    @property
+    def providers(self) -> tuple[str, ...]:
+        return tuple(sorted({s.provider for s in self.sources.values()}))
+
+    def producer_config(self, **overrides: Any) -> dict[str, Any]:
+        return {**self.kafka, **self.kafka_producer, **overrides}
+
+    def consumer_config(self, **overrides: Any) -> dict[str, Any]:
+        return {**self.kafka, **self.kafka_consumer, **overrides}
+
+    def admin_config(self) -> dict[str, Any]:
+        return dict(self.kafka)
+
+
+# --------------------------------------------------------------------------- loading
+
+T = TypeVar("T")
+
+
+def env_name(path: str) -> str:
+    return ENV_PREFIX + path.upper().replace(".", "_").replace("-", "_")
+
+
+def load(path: str | Path, env: Mapping[str, str] | None = None) -> Settings:
+    """Read, overlay the environment, validate. Raises ConfigError with one line."""
+    env = dict(os.environ) if env is None else dict(env)
+    p = Path(path)
+    try:
+        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(str(p), "file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(p), f"not valid TOML ({exc})") from None
+    settings = parse(raw, env, base_dir=p.parent)
+    return dataclasses.replace(settings, path=str(p))
+
+
+_TOP_KEYS = (
+    "bridge",
+    "kafka",
+    "topics",
+    "gateway",
+    "compactor",
+    "reorderer",
+    "fanout",
+    "sources",
+    "sinks",
+)
+
+
+def parse(raw: Mapping[str, Any], env: Mapping[str, str], base_dir: Path = Path()) -> Settings:
+    _reject_unknown(raw, _TOP_KEYS, "")
+    topics_raw = dict(_table(raw, "topics", ""))
+    topic_configs = _str_map(topics_raw.pop("config", {}), "topics.config")
+    kafka_all, kafka_producer, kafka_consumer = _kafka(_table(raw, "kafka", ""), env)
+    gateway = _section(GatewaySettings, _table(raw, "gateway", ""), "gateway", env)
+    compactor = _section(CompactorSettings, _table(raw, "compactor", ""), "compactor", env)
+    reorderer = _section(ReordererSettings, _table(raw, "reorderer", ""), "reorderer", env)
+    sources = {
+        name: _source(name, _table(table, name, "sources."), env, gateway, compactor, reorderer,
+                      base_dir)
+        for name, table in _table(raw, "sources", "").items()
+    }
+    sinks = {
+        name: _sink(name, _table(table, name, "sinks."), env)
+        for name, table in _table(raw, "sinks", "").items()
+    }
+    settings = Settings(
+        bridge=_section(BridgeSettings, _table(raw, "bridge", ""), "bridge", env),
+        kafka=kafka_all,
+        kafka_producer=kafka_producer,
+        kafka_consumer=kafka_consumer,
+        topics=dataclasses.replace(
+            _section(TopicSettings, topics_raw, "topics", env, skip=("config",)),
+            config=topic_configs,
+        ),
+        gateway=gateway,
+        compactor=compactor,
+        reorderer=reorderer,
+        fanout=_section(FanoutSettings, _table(raw, "fanout", ""), "fanout", env),
+        sources=sources,
+        sinks=sinks,
+    )
+    _check_values(settings)
+    return settings
+
+
+def _check_values(s: Settings) -> None:
+    if s.bridge.log_level not in ("debug", "info", "warning", "error"):
+        raise ConfigError("bridge.log_level", "choose one of: debug, info, warning, error")
+    if s.bridge.log_format not in ("kv", "json"):
+        raise ConfigError("bridge.log_format", "choose one of: kv, json")
+    if not s.bridge.topic_prefix or any(c in s.bridge.topic_prefix for c in " /\\"):
+        raise ConfigError("bridge.topic_prefix", "must be a non-empty Kafka topic name part")
+    if "bootstrap.servers" not in s.kafka:
+        raise ConfigError("kafka.bootstrap.servers", "required (or BRIDGE_KAFKA_BOOTSTRAP_SERVERS)")
+    for key, value in (
+        ("topics.partitions", s.topics.partitions),
+        ("topics.replication_factor", s.topics.replication_factor),
+    ):
+        if value < 1:
+            raise ConfigError(key, "must be at least 1")
+    if not 0 < s.gateway.port < 65536:
+        raise ConfigError("gateway.port", "must be between 1 and 65535")
+
+
+def _kafka(
+    table: Mapping[str, Any], env: Mapping[str, str]
+) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+    common: dict[str, str] = {}
+    per_kind: dict[str, dict[str, str]] = {"producer": {}, "consumer": {}}
+    for key, value in table.items():
+        if key in per_kind:
+            per_kind[key] = _str_map(value, f"kafka.{key}")
+        elif isinstance(value, Mapping):
+            raise ConfigError(f"kafka.{key}", "only [kafka.producer] and [kafka.consumer] tables "
+                              "are allowed; quote dotted librdkafka keys")
+        else:
+            common[key] = _kafka_value(value, f"kafka.{key}")
+    # Environment twins: BRIDGE_KAFKA_SASL_PASSWORD -> "sasl.password",
+    # BRIDGE_KAFKA_PRODUCER_LINGER_MS -> [kafka.producer] "linger.ms".
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX + "KAFKA_"):
+            continue
+        rest = name[len(ENV_PREFIX + "KAFKA_"):].lower()
+        target = common
+        for kind in per_kind:
+            if rest.startswith(kind + "_"):
+                target, rest = per_kind[kind], rest[len(kind) + 1:]
+        if rest:
+            target[rest.replace("_", ".")] = value
+    return common, per_kind["producer"], per_kind["consumer"]
+
+
+def _kafka_value(value: Any, key: str) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float | str):
+        return str(value)
+    raise ConfigError(key, "must be a string, number or boolean")
+
+
+def _str_map(value: Any, key: str) -> dict[str, str]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(key, "must be a table")
+    return {k: _kafka_value(v, f"{key}.{k}") for k, v in value.items()}
+
+
+def _source(
+    name: str,
+    table: Mapping[str, Any],
+    env: Mapping[str, str],
+    gateway: GatewaySettings,
+    compactor: CompactorSettings,
+    reorderer: ReordererSettings,
+    base_dir: Path,
+) -> SourceSettings:
+    where = f"sources.{name}"
+    known = ("scheme", "provider", "secrets", "secret_files", "allow_unverified", "deadline_s",
+             "body_limit", "success_status", "dedup_horizon_s", "reorder_window_s", "select",
+             "verify")
+    _reject_unknown(table, known, where + ".")
+    if not _is_name(name):
+        raise ConfigError(where, "source names use lower-case letters, digits, '-' and '_'")
+    scheme = _scalar(table, "scheme", str, where, env, required=True)
+    allow_unverified = _scalar(table, "allow_unverified", bool, where, env, default=False)
+    if scheme == "none" and not allow_unverified:
+        raise ConfigError(f"{where}.scheme", "'none' accepts unverified webhooks; set "
+                          "allow_unverified = true to run it on purpose")
+    secrets = _secrets(table, where, env, base_dir)
+    options = table.get("verify", {})
+    if not isinstance(options, Mapping):
+        raise ConfigError(f"{where}.verify", "must be a table")
+    context = BuildContext(where=where, secrets=secrets, options=options, env=env)
+    verifier = build_verifier(scheme, context)
+    provider = _scalar(table, "provider", str, where, env, default=name)
+    if not _is_name(provider):
+        raise ConfigError(f"{where}.provider", "use lower-case letters, digits, '-' and '_'")
+    select = table.get("select", {})
+    if not isinstance(select, Mapping):
+        raise ConfigError(f"{where}.select", "must be a table")
+    _reject_unknown(select, ("id", "type", "occurred_at", "ordering_key"), f"{where}.select.")
+    defaults = DEFAULT_SELECTORS.get(scheme, {})
+    parsed: dict[str, Selector | None] = {}
+    for key in ("id", "type", "occurred_at", "ordering_key"):
+        text = env.get(env_name(f"{where}.select.{key}"), select.get(key, defaults.get(key)))
+        parsed[key] = None if text is None else parse_selector(text, f"{where}.select.{key}")
+    status = _scalar(table, "success_status", int, where, env, default=200)
+    if status not in (200, 201, 202, 204):
+        raise ConfigError(f"{where}.success_status", "choose one of: 200, 201, 202, 204")
+    body_limit = _scalar(table, "body_limit", int, where, env, default=gateway.body_limit)
+    deadline_s = _scalar(table, "deadline_s", float, where, env, default=gateway.deadline_s)
+    if body_limit < 1:
+        raise ConfigError(f"{where}.body_limit", "must be a positive number of bytes")
+    if deadline_s <= 0:
+        raise ConfigError(f"{where}.deadline_s", "must be positive")
+    return SourceSettings(
+        name=name,
+        scheme=scheme,
+        provider=provider,
+        verifier=verifier,
+        selectors=Selectors(**parsed),
+        allow_unverified=allow_unverified,
+        deadline_s=deadline_s,
+        body_limit=body_limit,
+        success_status=status,
+        dedup_horizon_s=_scalar(table, "dedup_horizon_s", float, where, env,
+                                default=compactor.dedup_horizon_s),
+        reorder_window_s=_scalar(table, "reorder_window_s", float, where, env,
+                                 default=reorderer.window_s),
+        key_ids=tuple(s.key_id for s in secrets),
+        verify_context=context,
+    )
+
+
+def _secrets(
+    table: Mapping[str, Any], where: str, env: Mapping[str, str], base_dir: Path
+) -> tuple[Secret, ...]:
+    out: list[Secret] = []
+    names = table.get("secrets", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"{where}.secrets", "must be a list of environment-variable names")
+    for var in names:
+        value = env.get(var)
+        if not value:
+            raise ConfigError(f"{where}.secrets", f"environment variable {var} is not set")
+        out.append(Secret(key_id=var, value=value.encode("utf-8")))
+    files = table.get("secret_files", [])
+    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+        raise ConfigError(f"{where}.secret_files", "must be a list of file paths")
+    for name in files:
+        path = Path(name) if Path(name).is_absolute() else base_dir / name
+        try:
+            value = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"{where}.secret_files", f"cannot read {name} "
+                              f"({exc.strerror})") from None
+        if not value:
+            raise ConfigError(f"{where}.secret_files", f"{name} is empty")
+        out.append(Secret(key_id=path.name, value=value.encode("utf-8")))
+    return tuple(out)
+
+
+def _sink(name: str, table: Mapping[str, Any], env: Mapping[str, str]) -> SinkSettings:
+    where = f"sinks.{name}"
+    if not _is_name(name):
+        raise ConfigError(where, "sink names use lower-case letters, digits, '-' and '_'")
+    sink_type = _scalar(table, "type", str, where, env, required=True)
+    providers = _globs(table, "providers", where)
+    event_types = _globs(table, "event_types", where)
+    retry = _section(RetrySettings, _table(table, "retry", where + "."), f"{where}.retry", env)
+    if retry.max_attempts < 1:
+        raise ConfigError(f"{where}.retry.max_attempts", "must be at least 1")
+    options = {k: v for k, v in table.items()
+               if k not in ("type", "providers", "event_types", "retry")}
+    return SinkSettings(name=name, type=sink_type, providers=providers, event_types=event_types,
+                        retry=retry, options=options)
+
+
+def _globs(table: Mapping[str, Any], key: str, where: str) -> tuple[str, ...]:
+    value = table.get(key, ["*"])
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where}.{key}", "must be a non-empty list of glob patterns")
+    return tuple(value)
+
+
+def _is_name(text: str) -> bool:
+    return bool(text) and all(c.islower() or c.isdigit() or c in "-_" for c in text)
+
+
+def _table(raw: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
+    value = raw.get(key, {})
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where}{key}", "must be a table")
+    return value
+
+
+def _reject_unknown(table: Mapping[str, Any], known: tuple[str, ...], where: str) -> None:
+    for key in table:
+        if key not in known:
+            raise ConfigError(f"{where}{key}", f"unknown key; valid: {', '.join(known)}")
+
+
+def _section(
+    cls: type[T], table: Mapping[str, Any], where: str, env: Mapping[str, str],
+    skip: tuple[str, ...] = (),
+) -> T:
+    """Build a settings dataclass from a table plus BRIDGE_* twins of its scalars."""
+    assert dataclasses.is_dataclass(cls)
+    hints = typing.get_type_hints(cls)
+    names = tuple(f.name for f in dataclasses.fields(cls))
+    _reject_unknown(table, names, where + ".")
+    values: dict[str, Any] = {}
+    for name in names:
+        if name in skip:
+            continue
+        kind = hints[name]
+        if kind in (str, int, float, bool):
+            value = _scalar(table, name, kind, where, env, default=None)
+            if value is not None:
+                values[name] = value
+    return cls(**values)
+
+
+def _scalar(
+    table: Mapping[str, Any], key: str, kind: type[T], where: str, env: Mapping[str, str],
+    *, default: Any = None, required: bool = False,
+) -> T:
+    path = f"{where}.{key}"
+    twin = env.get(env_name(path))
+    if twin is not None:
+        return _coerce_env(twin, kind, path)
+    if key not in table:
+        if required:
+            raise ConfigError(path, "required")
+        return typing.cast(T, default)
+    value = table[key]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if type(value) is not kind:
+        raise ConfigError(path, f"must be {_kind_name(kind)}, got {type(value).__name__}")
+    return typing.cast(T, value)
+
+
+def _coerce_env(text: str, kind: type[T], path: str) -> T:
+    try:
+        if kind is bool:
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(text)
+            return typing.cast(T, text.lower() in ("true", "1", "yes"))
+        return kind(text)  # type: ignore[call-arg]
+    except ValueError:
+        raise ConfigError(path, f"{env_name(path)} must be {_kind_name(kind)}") from None
+
+
+def _kind_name(kind: type[Any] | types.UnionType) -> str:
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}.get(
+        kind, str(kind)  # type: ignore[call-overload]
+    )

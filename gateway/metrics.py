@@ -1,0 +1,88 @@
+"""Gateway metrics. Label values come only from the configuration and fixed enums.
+
+An unknown source path is counted under ``source="_unknown"``: a caller can never
+create a new label value. Children for every configured source are created at
+start, so every series exists from the first scrape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from gateway.verify.base import REASONS
+
+UNKNOWN_SOURCE = "_unknown"
+OUTCOMES = (
+    "accepted",
+    "quarantined",
+    "unauthorized",
+    "too_large",
+    "unavailable",
+    "not_found",
+    "method_not_allowed",
+)
+DELIVERY_ERRORS = ("timeout", "queue_full", "broker", "fatal")
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 2.5, 3.0,
+                   5.0)
+SIZE_BUCKETS = (256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304)
+
+
+@dataclass
+class SourceMetrics:
+    """Pre-bound children for one source: the hot path does no label lookups."""
+
+    outcomes: dict[str, Counter]
+    failures: dict[str, Counter]
+    publish: Histogram
+    request: Histogram
+    body_size: Histogram
+    delivery_errors: dict[str, Counter]
+
+
+class GatewayMetrics:
+    def __init__(self, sources: Iterable[tuple[str, float]], registry: CollectorRegistry) -> None:
+        ns = "webhook_bridge_gateway"
+        self.requests = Counter(f"{ns}_requests", "Webhook requests by source and outcome",
+                                ["source", "outcome"], registry=registry)
+        self.failures = Counter(f"{ns}_verification_failures",
+                                "Requests that failed verification, by reason",
+                                ["source", "reason"], registry=registry)
+        self.verified = Counter(f"{ns}_verified",
+                                "Verified requests by the secret/key and mode that matched",
+                                ["source", "scheme", "key_id", "mode"], registry=registry)
+        self.publish = Histogram(f"{ns}_publish_duration_seconds",
+                                 "From produce to broker acknowledgement", ["source"],
+                                 buckets=LATENCY_BUCKETS, registry=registry)
+        self.request = Histogram(f"{ns}_request_duration_seconds",
+                                 "Whole webhook request, first byte to answer", ["source"],
+                                 buckets=LATENCY_BUCKETS, registry=registry)
+        self.deadline = Gauge(f"{ns}_deadline_seconds", "Configured publish deadline",
+                              ["source"], registry=registry)
+        self.in_flight = Gauge(f"{ns}_in_flight_requests", "Webhook requests being handled",
+                               registry=registry)
+        self.queue = Gauge(f"{ns}_producer_queue_messages",
+                           "Messages waiting in the producer for an acknowledgement",
+                           registry=registry)
+        self.delivery_errors = Counter(f"{ns}_delivery_errors",
+                                       "Publishes that got no acknowledgement, by reason",
+                                       ["source", "reason"], registry=registry)
+        self.rebuilds = Counter(f"{ns}_producer_rebuilds",
+                                "Producers rebuilt after a fatal error", registry=registry)
+        self.body_size = Histogram(f"{ns}_body_size_bytes", "Request body sizes", ["source"],
+                                   buckets=SIZE_BUCKETS, registry=registry)
+        self.by_source: dict[str, SourceMetrics] = {}
+        for name, deadline in [*sources, (UNKNOWN_SOURCE, 0.0)]:
+            self.deadline.labels(name).set(deadline)
+            self.by_source[name] = SourceMetrics(
+                outcomes={o: self.requests.labels(name, o) for o in OUTCOMES},
+                failures={r: self.failures.labels(name, r) for r in REASONS},
+                publish=self.publish.labels(name),
+                request=self.request.labels(name),
+                body_size=self.body_size.labels(name),
+                delivery_errors={r: self.delivery_errors.labels(name, r)
+                                 for r in DELIVERY_ERRORS},
+            )
+        self.rebuilds.inc(0)

@@ -1,0 +1,164 @@
+"""From a verified request to an envelope: event id, type, occurrence time, ordering key.
+
+The body is parsed only after verification. A verified body that cannot be used
+(not UTF-8, not JSON, no event type) still becomes an envelope, with
+``quarantine_reason`` set: it is stored in the quarantine topic and acknowledged,
+because a provider's retry would carry the same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from gateway.config import SourceSettings
+from gateway.selectors import Selector
+from gateway.verify.base import VerifiedRequest
+from schemas.envelope import Envelope, Verification
+
+# Request headers kept in the envelope. Never Authorization, cookies or signatures.
+HEADER_ALLOW_LIST = frozenset(
+    {
+        "content-type", "user-agent", "x-request-id", "webhook-id", "webhook-timestamp",
+        "svix-id", "svix-timestamp", "x-github-event", "x-github-delivery", "x-github-hook-id",
+        "x-shopify-topic", "x-shopify-webhook-id", "x-shopify-event-id", "x-shopify-shop-domain",
+        "x-shopify-api-version", "x-slack-request-timestamp", "x-slack-retry-num",
+        "x-slack-retry-reason", "key-id",
+    }
+)
+MAX_HEADER_VALUE = 1024
+MAX_ID_LENGTH = 256
+MAX_TYPE_LENGTH = 256
+MAX_KEY_LENGTH = 512
+_MIN_US = 0
+_MAX_US = 7_258_118_400_000_000  # 2200-01-01
+_FRACTION = re.compile(r"(\.\d{1,6})\d*")
+
+
+def normalize(
+    source: SourceSettings,
+    verified: VerifiedRequest,
+    *,
+    received_at_us: int,
+    request_id: str,
+) -> Envelope:
+    headers = verified.request.headers
+    body = verified.request.body
+    content_type = headers.get("content-type", "")[:MAX_HEADER_VALUE]
+    kept = {k: v[:MAX_HEADER_VALUE] for k, v in headers.items() if k in HEADER_ALLOW_LIST}
+    verification = Verification(verified.scheme, verified.key_id, verified.mode)
+    document, problem = _parse(body)
+    sel = source.selectors
+
+    event_id, id_origin = _event_id(sel.id, document, verified, body)
+    event_type = _text(sel.type, document, verified, MAX_TYPE_LENGTH) if problem is None else None
+    if problem is None and event_type is None:
+        problem = "no event type at " + (sel.type.text if sel.type else "(no type selector)")
+    occurred_at, time_origin = _occurred_at(sel.occurred_at, document, verified, received_at_us)
+    ordering_key = _text(sel.ordering_key, document, verified, MAX_KEY_LENGTH) or source.provider
+    return Envelope(
+        event_id=event_id,
+        event_id_origin=id_origin,
+        provider=source.provider,
+        source=source.name,
+        event_type=event_type or "",
+        occurred_at=occurred_at,
+        occurred_at_origin=time_origin,
+        received_at=received_at_us,
+        ordering_key=ordering_key,
+        content_type=content_type,
+        body=body,
+        headers=kept,
+        verification=verification,
+        request_id=request_id,
+        quarantine_reason=problem,
+    )
+
+
+def _parse(body: bytes) -> tuple[Any, str | None]:
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return None, "body is not valid UTF-8"
+    try:
+        return json.loads(text), None
+    except (ValueError, RecursionError):
+        return None, "body is not valid JSON"
+
+
+def body_hash(document: Any, body: bytes) -> str:
+    """sha256 of the canonical JSON (sorted keys, no spaces), else of the raw bytes."""
+    if document is not None:
+        try:
+            canonical = json.dumps(document, sort_keys=True, separators=(",", ":"),
+                                   ensure_ascii=False).encode("utf-8")
+            return "sha256:" + hashlib.sha256(canonical).hexdigest()
+        except (ValueError, RecursionError):
+            pass
+    return "sha256:" + hashlib.sha256(body).hexdigest()
+
+
+def _event_id(selector: Selector | None, document: Any, verified: VerifiedRequest,
+              body: bytes) -> tuple[str, str]:
+    if selector is not None:
+        found = selector.select(document, verified)
+        if found is not None:
+            value, origin = found
+            text = str(value)
+            if 0 < len(text) <= MAX_ID_LENGTH and text.isprintable():
+                return text, "PAYLOAD" if origin == "payload" else "HEADER"
+    return body_hash(document, body), "BODY_HASH"
+
+
+def _text(selector: Selector | None, document: Any, verified: VerifiedRequest,
+          limit: int) -> str | None:
+    if selector is None:
+        return None
+    found = selector.select(document, verified)
+    if found is None or isinstance(found[0], bool):
+        return None
+    text = str(found[0])
+    return text if 0 < len(text) <= limit and text.isprintable() else None
+
+
+def _occurred_at(selector: Selector | None, document: Any, verified: VerifiedRequest,
+                 received_at_us: int) -> tuple[int, str]:
+    if selector is not None:
+        found = selector.select(document, verified)
+        if found is not None:
+            micros = parse_time(found[0])
+            if micros is not None:
+                return micros, "PAYLOAD" if found[1] == "payload" else "HEADER"
+    return received_at_us, "RECEIVED"
+
+
+def parse_time(value: Any) -> int | None:
+    """ISO 8601 text or a Unix time in s / ms / us / ns (by magnitude) -> microseconds."""
+    micros: int | None = None
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            value = float(text)
+        except ValueError:
+            try:
+                parsed = datetime.fromisoformat(_FRACTION.sub(r"\1", text))
+            except ValueError:
+                return None
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=UTC)
+            micros = int(parsed.timestamp()) * 1_000_000 + parsed.microsecond
+    if micros is None and isinstance(value, int | float):
+        if value != value or value in (float("inf"), float("-inf")):  # NaN / inf
+            return None
+        magnitude = abs(value)
+        scale = 1e-3 if magnitude > 1e17 else 1 if magnitude > 1e14 else (
+            1e3 if magnitude > 1e11 else 1e6)
+        micros = int(value * scale)
+    if micros is None or not _MIN_US <= micros <= _MAX_US:
+        return None
+    return micros

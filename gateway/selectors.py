@@ -1,0 +1,116 @@
+"""Selectors: where a source finds its event id, type, time and ordering key.
+
+A selector is one or more alternatives separated by ``|``; the first that yields a
+non-empty value wins::
+
+    data.id                      a path into the JSON body (``body:`` is implied)
+    ["event.type"]               a key that itself contains a dot (Just Wallet)
+    data.items[0].id             a list index
+    header:X-GitHub-Delivery     a request header (case-insensitive)
+    signed:id | signed:timestamp | signed:type
+                                 what the verifier extracted from signed headers
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.errors import ConfigError
+from gateway.verify.base import VerifiedRequest
+
+_SEGMENT = re.compile(r'\["((?:[^"\\]|\\.)*)"\]|\[(\d+)\]|([^.\[\]]+)')
+SIGNED_FIELDS = ("id", "timestamp", "type")
+
+
+@dataclass(frozen=True, slots=True)
+class Alternative:
+    kind: str  # "body" | "header" | "signed"
+    path: tuple[str | int, ...] = ()
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Selector:
+    text: str
+    alternatives: tuple[Alternative, ...]
+
+    def select(self, body: Any, verified: VerifiedRequest) -> tuple[Any, str] | None:
+        """Return (value, origin) with origin in payload|header|signed, or None."""
+        for alt in self.alternatives:
+            value: Any
+            if alt.kind == "body":
+                value = _walk(body, alt.path)
+                origin = "payload"
+            elif alt.kind == "header":
+                value = verified.request.headers.get(alt.name)
+                origin = "header"
+            else:
+                value = {
+                    "id": verified.event_id,
+                    "timestamp": verified.signed_timestamp,
+                    "type": verified.event_type,
+                }[alt.name]
+                origin = "header"
+            if value is not None and value != "" and not isinstance(value, dict | list):
+                return value, origin
+        return None
+
+
+def _walk(node: Any, path: tuple[str | int, ...]) -> Any:
+    for part in path:
+        if isinstance(part, int):
+            if not isinstance(node, list) or part >= len(node):
+                return None
+            node = node[part]
+        else:
+            if not isinstance(node, Mapping):
+                return None
+            node = node.get(part)
+            if node is None:
+                return None
+    return node
+
+
+def parse_selector(text: str, key: str) -> Selector:
+    if not isinstance(text, str) or not text.strip():
+        raise ConfigError(key, "a selector must be a non-empty string")
+    alternatives = tuple(_parse_alternative(part.strip(), key) for part in text.split("|"))
+    return Selector(text=text, alternatives=alternatives)
+
+
+def _parse_alternative(text: str, key: str) -> Alternative:
+    if text.startswith("header:"):
+        name = text[len("header:"):].strip().lower()
+        if not name:
+            raise ConfigError(key, "header: needs a header name")
+        return Alternative(kind="header", name=name)
+    if text.startswith("signed:"):
+        name = text[len("signed:"):].strip()
+        if name not in SIGNED_FIELDS:
+            raise ConfigError(key, f"signed:{name} is unknown; valid: signed:id, signed:timestamp,"
+                              " signed:type")
+        return Alternative(kind="signed", name=name)
+    if text.startswith("body:"):
+        text = text[len("body:"):].strip()
+    path: list[str | int] = []
+    pos = 0
+    while pos < len(text):
+        if text[pos] == "." and path:
+            pos += 1
+        match = _SEGMENT.match(text, pos)
+        if match is None:
+            raise ConfigError(key, f"cannot parse selector path {text!r} at character {pos}")
+        quoted, index, plain = match.groups()
+        if quoted is not None:
+            path.append(quoted.replace('\\"', '"'))
+        elif index is not None:
+            path.append(int(index))
+        else:
+            path.append(plain)
+        pos = match.end()
+    if not path:
+        raise ConfigError(key, "empty selector path")
+    return Alternative(kind="body", path=tuple(path))

@@ -1,0 +1,42 @@
+"""`webhook-bridge gateway`: serve the app with uvicorn.
+
+SIGTERM or a first Ctrl-C drains: uvicorn stops accepting, waits up to
+`gateway.drain_timeout_s` for requests in flight (each waiting for its Kafka
+acknowledgement), then the lifespan flushes the producer. A second Ctrl-C forces.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from gateway import config as config_module
+from gateway import logs
+from gateway.cli import add_config_argument
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_argument(parser)
+    parser.add_argument("--host", help="listen address (default gateway.host)")
+    parser.add_argument("--port", type=int, help="listen port (default gateway.port)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="uvicorn worker processes (each has its own producer)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from gateway.app import create_app
+
+    settings = config_module.load(args.config)
+    logs.setup(settings.bridge.log_level, settings.bridge.log_format, process="gateway")
+    host = args.host or settings.gateway.host
+    port = args.port if args.port is not None else settings.gateway.port
+    app = create_app(settings)
+    server = uvicorn.Server(uvicorn.Config(
+        app, host=host, port=port, log_level="warning", access_log=False,
+        timeout_graceful_shutdown=int(settings.gateway.drain_timeout_s) or 1,
+        loop="uvloop", http="httptools", lifespan="on", workers=1,
+    ))
+    logs.info("gateway listening", url=f"http://{host}:{port}")
+    server.run()
+    return 0

@@ -1,0 +1,140 @@
+"""The envelope as a Python value, and its CloudEvents binary-mode Kafka headers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+ID_ORIGINS = ("PAYLOAD", "HEADER", "BODY_HASH")
+TIME_ORIGINS = ("PAYLOAD", "HEADER", "RECEIVED")
+CE_SPECVERSION = "1.0"
+
+KafkaHeaders = list[tuple[str, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class Verification:
+    scheme: str
+    key_id: str | None = None
+    mode: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One verified webhook. Times are integer microseconds since the Unix epoch (UTC)."""
+
+    event_id: str
+    event_id_origin: str
+    provider: str
+    source: str
+    event_type: str
+    occurred_at: int
+    occurred_at_origin: str
+    received_at: int
+    ordering_key: str
+    content_type: str
+    body: bytes
+    headers: Mapping[str, str]
+    verification: Verification
+    request_id: str
+    quarantine_reason: str | None = None
+    extra: Mapping[str, object] = field(default_factory=dict, compare=False)
+
+    def to_record(self) -> dict[str, object]:
+        return {
+            "event_id": self.event_id,
+            "event_id_origin": self.event_id_origin,
+            "provider": self.provider,
+            "source": self.source,
+            "event_type": self.event_type,
+            "occurred_at": self.occurred_at,
+            "occurred_at_origin": self.occurred_at_origin,
+            "received_at": self.received_at,
+            "ordering_key": self.ordering_key,
+            "content_type": self.content_type,
+            "body": self.body,
+            "headers": dict(self.headers),
+            "verification": {
+                "scheme": self.verification.scheme,
+                "key_id": self.verification.key_id,
+                "mode": self.verification.mode,
+            },
+            "request_id": self.request_id,
+            "quarantine_reason": self.quarantine_reason,
+        }
+
+    @classmethod
+    def from_record(cls, rec: Mapping[str, object]) -> Envelope:
+        ver = rec["verification"]
+        assert isinstance(ver, Mapping)
+        known = {
+            "event_id", "event_id_origin", "provider", "source", "event_type", "occurred_at",
+            "occurred_at_origin", "received_at", "ordering_key", "content_type", "body",
+            "headers", "verification", "request_id", "quarantine_reason",
+        }
+        return cls(
+            event_id=str(rec["event_id"]),
+            event_id_origin=str(rec["event_id_origin"]),
+            provider=str(rec["provider"]),
+            source=str(rec["source"]),
+            event_type=str(rec["event_type"]),
+            occurred_at=to_micros(rec["occurred_at"]),
+            occurred_at_origin=str(rec["occurred_at_origin"]),
+            received_at=to_micros(rec["received_at"]),
+            ordering_key=str(rec["ordering_key"]),
+            content_type=str(rec["content_type"]),
+            body=bytes(rec["body"]),  # type: ignore[arg-type]
+            headers=dict(rec["headers"]),  # type: ignore[call-overload]
+            verification=Verification(
+                scheme=str(ver["scheme"]),
+                key_id=ver.get("key_id"),  # type: ignore[arg-type]
+                mode=ver.get("mode"),  # type: ignore[arg-type]
+            ),
+            request_id=str(rec["request_id"]),
+            quarantine_reason=rec.get("quarantine_reason"),  # type: ignore[arg-type]
+            extra={k: v for k, v in rec.items() if k not in known},
+        )
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def to_micros(value: object) -> int:
+    """fastavro returns timestamp-micros as aware datetimes; the envelope keeps ints."""
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        delta = value - _EPOCH
+        return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    if isinstance(value, int):
+        return value
+    raise TypeError(f"not a timestamp: {type(value).__name__}")
+
+
+def micros_to_iso(micros: int) -> str:
+    seconds, rest = divmod(micros, 1_000_000)
+    stamp = datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{stamp}.{rest:06d}Z"
+
+
+def ce_headers(env: Envelope) -> KafkaHeaders:
+    """CloudEvents binary-mode attributes, so consumers can route without decoding."""
+    return [
+        ("ce_specversion", CE_SPECVERSION.encode()),
+        ("ce_id", env.event_id.encode()),
+        ("ce_source", f"/webhooks/{env.source}".encode()),
+        ("ce_type", env.event_type.encode()),
+        ("ce_time", micros_to_iso(env.occurred_at).encode()),
+        ("ce_subject", env.ordering_key.encode()),
+        ("content-type", b"application/avro"),
+    ]
+
+
+def header_value(headers: Sequence[tuple[str, bytes | None]] | None, name: str) -> bytes | None:
+    """Last value of a Kafka header (later headers override earlier ones)."""
+    found: bytes | None = None
+    for key, value in headers or ():
+        if key == name:
+            found = value
+    return found

@@ -1,0 +1,146 @@
+"""Avro serde for the envelope, in the shape of confluent-kafka's serializers.
+
+Two wire formats:
+
+- Confluent Schema Registry framing, when a registry URL is configured:
+  ``0x00`` + 4-byte big-endian schema id + Avro binary. The schema is registered
+  under ``<topic>-value`` (TopicNameStrategy) once per topic and cached.
+- Avro single-object encoding otherwise: ``0xC3 0x01`` + 8-byte little-endian
+  CRC-64-AVRO fingerprint of the writer schema's canonical form + Avro binary.
+
+`EnvelopeDeserializer` reads both. A writer schema it does not know (an older or
+newer envelope version) is resolved against the reader schema by Avro's rules.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+from collections.abc import Mapping
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import fastavro
+from fastavro.schema import fingerprint, to_parsing_canonical_form
+
+from gateway.errors import BridgeError
+from schemas.envelope import Envelope
+
+SO_MAGIC = b"\xc3\x01"
+CONFLUENT_MAGIC = 0
+
+
+class SerdeError(BridgeError):
+    """Bytes that are not an envelope this reader can decode."""
+
+
+@cache
+def envelope_schema_text() -> str:
+    return resources.files("schemas").joinpath("envelope.avsc").read_text(encoding="utf-8")
+
+
+@cache
+def envelope_schema() -> Any:
+    return fastavro.parse_schema(json.loads(envelope_schema_text()))
+
+
+def schema_fingerprint(schema_text: str) -> bytes:
+    canonical = to_parsing_canonical_form(fastavro.parse_schema(json.loads(schema_text)))
+    return bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))[::-1]  # little-endian on wire
+
+
+def _registry(url: str) -> Any:
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+
+    return SchemaRegistryClient.new_client({"url": url})
+
+
+class EnvelopeSerializer:
+    """`serializer(envelope, topic) -> bytes`; topic only matters in registry mode."""
+
+    def __init__(self, registry_url: str = "", registry: Any = None) -> None:
+        self._schema = envelope_schema()
+        self._registry = registry or (_registry(registry_url) if registry_url else None)
+        self._ids: dict[str, bytes] = {}
+        self._so_prefix = SO_MAGIC + schema_fingerprint(envelope_schema_text())
+
+    @property
+    def uses_registry(self) -> bool:
+        return self._registry is not None
+
+    def prepare(self, topic: str) -> None:
+        """Register the schema for a topic ahead of time (no registry call per request)."""
+        if self._registry is None or topic in self._ids:
+            return
+        from confluent_kafka.schema_registry import Schema
+
+        try:
+            schema_id = self._registry.register_schema(
+                f"{topic}-value", Schema(envelope_schema_text(), "AVRO")
+            )
+        except Exception as exc:
+            raise SerdeError(f"cannot register envelope schema for {topic}: {exc}") from exc
+        self._ids[topic] = struct.pack(">bI", CONFLUENT_MAGIC, schema_id)
+
+    def __call__(self, envelope: Envelope, topic: str = "") -> bytes:
+        if self._registry is not None:
+            if topic not in self._ids:
+                self.prepare(topic)
+            prefix = self._ids[topic]
+        else:
+            prefix = self._so_prefix
+        out = io.BytesIO()
+        out.write(prefix)
+        fastavro.schemaless_writer(out, self._schema, envelope.to_record())
+        return out.getvalue()
+
+
+class EnvelopeDeserializer:
+    """Reads both wire formats into `Envelope`; raises SerdeError on anything else."""
+
+    def __init__(self, registry_url: str = "", registry: Any = None,
+                 known_schemas: Mapping[bytes, str] | None = None) -> None:
+        self._reader = envelope_schema()
+        self._registry = registry or (_registry(registry_url) if registry_url else None)
+        self._by_fingerprint: dict[bytes, Any] = {
+            schema_fingerprint(envelope_schema_text()): self._reader
+        }
+        for fp, text in (known_schemas or {}).items():
+            self._by_fingerprint[fp] = fastavro.parse_schema(json.loads(text))
+        self._by_id: dict[int, Any] = {}
+
+    def __call__(self, data: bytes | None, topic: str = "") -> Envelope:
+        if not data:
+            raise SerdeError("empty value")
+        if data[:2] == SO_MAGIC:
+            writer = self._by_fingerprint.get(data[2:10])
+            if writer is None:
+                raise SerdeError("single-object encoding with an unknown schema fingerprint")
+            payload = data[10:]
+        elif data[0] == CONFLUENT_MAGIC and len(data) >= 5:
+            (schema_id,) = struct.unpack(">I", data[1:5])
+            writer = self._writer_by_id(schema_id)
+            payload = data[5:]
+        else:
+            raise SerdeError("not an Avro envelope (unknown magic byte)")
+        try:
+            record = fastavro.schemaless_reader(io.BytesIO(payload), writer, self._reader)
+            return Envelope.from_record(record)
+        except Exception as exc:
+            raise SerdeError(f"cannot decode envelope: {type(exc).__name__}") from exc
+
+    def _writer_by_id(self, schema_id: int) -> Any:
+        writer = self._by_id.get(schema_id)
+        if writer is not None:
+            return writer
+        if self._registry is None:
+            raise SerdeError("Confluent-framed envelope but no schema registry is configured")
+        try:
+            text = self._registry.get_schema(schema_id).schema_str
+            writer = fastavro.parse_schema(json.loads(text))
+        except Exception as exc:
+            raise SerdeError(f"cannot fetch schema id {schema_id}: {type(exc).__name__}") from exc
+        self._by_id[schema_id] = writer
+        return writer
