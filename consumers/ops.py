@@ -29,8 +29,9 @@ class Health:
 
 
 class OpsServer:
-    def __init__(self, host: str, port: int, health: Health,
-                 registry: CollectorRegistry = REGISTRY) -> None:
+    def __init__(
+        self, host: str, port: int, health: Health, registry: CollectorRegistry = REGISTRY
+    ) -> None:
         health_ref, registry_ref = health, registry
 
         class Handler(BaseHTTPRequestHandler):
@@ -54,13 +55,12 @@ class OpsServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: object) -> None:
                 return  # scrapes are not worth a log line
 
         self._server = ThreadingHTTPServer((host, port), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="ops",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="ops", daemon=True)
 
     @property
     def port(self) -> int:

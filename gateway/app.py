@@ -92,8 +92,14 @@ def _headers(scope: Scope) -> dict[str, str]:
 class WebhookEndpoint:
     """The hot path, as a plain ASGI app routed by Starlette."""
 
-    def __init__(self, settings: Settings, publisher: Publisher, serializer: EnvelopeSerializer,
-                 metrics: GatewayMetrics, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        publisher: Publisher,
+        serializer: EnvelopeSerializer,
+        metrics: GatewayMetrics,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.sources: dict[str, SourceSettings] = dict(settings.sources)
         self.topics: TopicNames = names(settings)
         self.publisher = publisher
@@ -115,7 +121,8 @@ class WebhookEndpoint:
         self.metrics.in_flight.inc()
         try:
             status, outcome, body, extra = await self._handle(
-                scope, receive, headers, source, request_id)
+                scope, receive, headers, source, request_id
+            )
         finally:
             self.in_flight -= 1
             self.metrics.in_flight.dec()
@@ -129,13 +136,16 @@ class WebhookEndpoint:
             (b"x-request-id", request_id.encode()),
             *extra,
         ]
-        await send({"type": "http.response.start", "status": status,
-                    "headers": response_headers})
+        await send({"type": "http.response.start", "status": status, "headers": response_headers})
         await send({"type": "http.response.body", "body": payload})
 
     async def _handle(
-        self, scope: Scope, receive: Receive, headers: dict[str, str],
-        source: SourceSettings | None, request_id: str,
+        self,
+        scope: Scope,
+        receive: Receive,
+        headers: dict[str, str],
+        source: SourceSettings | None,
+        request_id: str,
     ) -> tuple[int, str, dict[str, str], list[tuple[bytes, bytes]]]:
         if source is None:
             return self._answer("not_found")
@@ -159,17 +169,24 @@ class WebhookEndpoint:
             verified = source.verifier.verify(InboundRequest(headers, raw), now)
         except VerificationError as exc:
             per_source.failures[exc.reason].inc()
-            logs.warning("verification failed", source=source.name, reason=exc.reason,
-                         detail=exc.detail, request_id=request_id)
+            logs.warning(
+                "verification failed",
+                source=source.name,
+                reason=exc.reason,
+                detail=exc.detail,
+                request_id=request_id,
+            )
             status, outcome, body, extra = self._answer("unauthorized")
             return status, outcome, {**body, "reason": exc.reason}, extra
-        self.metrics.verified.labels(source.name, verified.scheme, verified.key_id or "",
-                                     verified.mode or "").inc()
+        self.metrics.verified.labels(
+            source.name, verified.scheme, verified.key_id or "", verified.mode or ""
+        ).inc()
         if self.in_flight > self.max_in_flight:
             per_source.delivery_errors["queue_full"].inc()
             return self._unavailable()
-        envelope = normalize(source, verified, received_at_us=int(now * 1_000_000),
-                             request_id=request_id)
+        envelope = normalize(
+            source, verified, received_at_us=int(now * 1_000_000), request_id=request_id
+        )
         quarantined = envelope.quarantine_reason is not None
         topic = self.topics.quarantine if quarantined else self.topics.raw(source.provider)
         kafka_headers = ce_headers(envelope)
@@ -181,22 +198,44 @@ class WebhookEndpoint:
         value = self.serializer(envelope, topic)
         publish_started = time.perf_counter()
         try:
-            await self.publisher.publish(topic, envelope.event_id.encode(), value, kafka_headers,
-                                         source.deadline_s)
+            await self.publisher.publish(
+                topic, envelope.event_id.encode(), value, kafka_headers, source.deadline_s
+            )
         except PublishError as exc:
             per_source.delivery_errors[exc.reason].inc()
-            logs.warning("publish failed", source=source.name, event_id=envelope.event_id,
-                         request_id=request_id, reason=exc.reason)
+            logs.warning(
+                "publish failed",
+                source=source.name,
+                event_id=envelope.event_id,
+                request_id=request_id,
+                reason=exc.reason,
+            )
             return self._unavailable()
         per_source.publish.observe(time.perf_counter() - publish_started)
         if quarantined:
-            logs.warning("quarantined", source=source.name, event_id=envelope.event_id,
-                         request_id=request_id, reason=envelope.quarantine_reason)
-            return (source.success_status, "quarantined",
-                    {"status": "quarantined", "event_id": envelope.event_id,
-                     "reason": str(envelope.quarantine_reason)}, [])
-        return (source.success_status, "accepted",
-                {"status": "accepted", "event_id": envelope.event_id}, [])
+            logs.warning(
+                "quarantined",
+                source=source.name,
+                event_id=envelope.event_id,
+                request_id=request_id,
+                reason=envelope.quarantine_reason,
+            )
+            return (
+                source.success_status,
+                "quarantined",
+                {
+                    "status": "quarantined",
+                    "event_id": envelope.event_id,
+                    "reason": str(envelope.quarantine_reason),
+                },
+                [],
+            )
+        return (
+            source.success_status,
+            "accepted",
+            {"status": "accepted", "event_id": envelope.event_id},
+            [],
+        )
 
     @staticmethod
     def _answer(name: str) -> tuple[int, str, dict[str, str], list[tuple[bytes, bytes]]]:
@@ -216,8 +255,7 @@ def create_app(
     serializer: EnvelopeSerializer | None = None,
 ) -> Starlette:
     registry = registry if registry is not None else CollectorRegistry()
-    metrics = GatewayMetrics(((s.name, s.deadline_s) for s in settings.sources.values()),
-                             registry)
+    metrics = GatewayMetrics(((s.name, s.deadline_s) for s in settings.sources.values()), registry)
     publisher = publisher or Publisher(settings.producer_config())
     serializer = serializer or EnvelopeSerializer(settings.bridge.schema_registry_url)
     endpoint = WebhookEndpoint(settings, publisher, serializer, metrics)
@@ -234,13 +272,17 @@ def create_app(
                 await loop.run_in_executor(None, serializer.prepare, topic_names.raw(provider))
             await loop.run_in_executor(None, serializer.prepare, topic_names.quarantine)
         await loop.run_in_executor(None, publisher.check_broker, 2.0)
-        logs.info("gateway ready", sources=",".join(settings.sources),
-                  bootstrap=settings.kafka.get("bootstrap.servers", ""))
+        logs.info(
+            "gateway ready",
+            sources=",".join(settings.sources),
+            bootstrap=settings.kafka.get("bootstrap.servers", ""),
+        )
         try:
             yield
         finally:
-            left = await loop.run_in_executor(None, publisher.close,
-                                              settings.gateway.drain_timeout_s)
+            left = await loop.run_in_executor(
+                None, publisher.close, settings.gateway.drain_timeout_s
+            )
             logs.info("gateway stopped", unflushed=left)
 
     async def healthz(_request: Request) -> Response:
@@ -259,8 +301,11 @@ def create_app(
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     routes = [
-        Route("/webhooks/{source}", endpoint=endpoint,
-              methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]),
+        Route(
+            "/webhooks/{source}",
+            endpoint=endpoint,
+            methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+        ),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),

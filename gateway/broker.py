@@ -66,8 +66,9 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def wait_for_metadata(bootstrap: str, timeout_s: float, process: subprocess.Popen[bytes] | None
-                      = None) -> None:
+def wait_for_metadata(
+    bootstrap: str, timeout_s: float, process: subprocess.Popen[bytes] | None = None
+) -> None:
     """Block until the broker answers a metadata request, or raise BrokerError."""
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
@@ -82,7 +83,9 @@ def wait_for_metadata(bootstrap: str, timeout_s: float, process: subprocess.Pope
             return
         except KafkaException:
             if time.monotonic() > deadline:
-                raise BrokerError(f"no Kafka metadata from {bootstrap} within {timeout_s}s") from None
+                raise BrokerError(
+                    f"no Kafka metadata from {bootstrap} within {timeout_s}s"
+                ) from None
             time.sleep(0.05)
 
 
@@ -113,11 +116,22 @@ class EmbeddedBroker:
                 "or choose another port (--port, BRIDGE_BROKER_PORT)"
             )
         url = f"tcp://{self.host}:{self.port}"
-        cmd = [binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
-               "--silent"]
+        cmd = [
+            binary,
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--silent",
+        ]
         self._process = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent, start_new_session=True,  # noqa: PLW1509
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - only prctl, before exec
+            start_new_session=True,
         )
         try:
             wait_for_metadata(self.bootstrap, timeout_s, self._process)
@@ -141,8 +155,12 @@ class EmbeddedBroker:
         self.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.stop()
 
 

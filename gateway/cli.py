@@ -22,8 +22,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "reorderer": ("consumers.reorderer", "restore occurrence order: .unique -> .ordered"),
     "fanout": ("consumers.fanout.process", "deliver .ordered events to the configured sinks"),
     "replay": ("consumers.replay", "re-deliver from a sink's DLQ or a topic range to a sink"),
-    "receiver": ("consumers.fanout.receiver", "a demo internal service that checks and prints "
-                 "signed fan-out deliveries"),
+    "receiver": (
+        "consumers.fanout.receiver",
+        "a demo internal service that checks and prints signed fan-out deliveries",
+    ),
     "broker": ("gateway.broker_cmd", "run the embedded Kafka-protocol broker (Tansu)"),
     "topics": ("gateway.topics_cmd", "create and check every topic the config implies"),
     "send": ("gateway.send", "sign a sample webhook with a source's scheme and post it"),

@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
-import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -206,15 +205,21 @@ def parse(raw: Mapping[str, Any], env: Mapping[str, str], base_dir: Path = Path(
     gateway = _section(GatewaySettings, _table(raw, "gateway", ""), "gateway", env)
     compactor = _section(CompactorSettings, _table(raw, "compactor", ""), "compactor", env)
     reorderer = _section(ReordererSettings, _table(raw, "reorderer", ""), "reorderer", env)
+    sources_raw = _table(raw, "sources", "")
     sources = {
-        name: _source(name, _table(table, name, "sources."), env, gateway, compactor, reorderer,
-                      base_dir)
-        for name, table in _table(raw, "sources", "").items()
+        name: _source(
+            name,
+            _table(sources_raw, name, "sources."),
+            env,
+            gateway,
+            compactor,
+            reorderer,
+            base_dir,
+        )
+        for name in sources_raw
     }
-    sinks = {
-        name: _sink(name, _table(table, name, "sinks."), env)
-        for name, table in _table(raw, "sinks", "").items()
-    }
+    sinks_raw = _table(raw, "sinks", "")
+    sinks = {name: _sink(name, _table(sinks_raw, name, "sinks."), env) for name in sinks_raw}
     settings = Settings(
         bridge=_section(BridgeSettings, _table(raw, "bridge", ""), "bridge", env),
         kafka=kafka_all,
@@ -263,8 +268,11 @@ def _kafka(
         if key in per_kind:
             per_kind[key] = _str_map(value, f"kafka.{key}")
         elif isinstance(value, Mapping):
-            raise ConfigError(f"kafka.{key}", "only [kafka.producer] and [kafka.consumer] tables "
-                              "are allowed; quote dotted librdkafka keys")
+            raise ConfigError(
+                f"kafka.{key}",
+                "only [kafka.producer] and [kafka.consumer] tables "
+                "are allowed; quote dotted librdkafka keys",
+            )
         else:
             common[key] = _kafka_value(value, f"kafka.{key}")
     # Environment twins: BRIDGE_KAFKA_SASL_PASSWORD -> "sasl.password",
@@ -272,11 +280,11 @@ def _kafka(
     for name, value in env.items():
         if not name.startswith(ENV_PREFIX + "KAFKA_"):
             continue
-        rest = name[len(ENV_PREFIX + "KAFKA_"):].lower()
+        rest = name[len(ENV_PREFIX + "KAFKA_") :].lower()
         target = common
-        for kind in per_kind:
+        for kind, kind_table in per_kind.items():
             if rest.startswith(kind + "_"):
-                target, rest = per_kind[kind], rest[len(kind) + 1:]
+                target, rest = kind_table, rest[len(kind) + 1 :]
         if rest:
             target[rest.replace("_", ".")] = value
     return common, per_kind["producer"], per_kind["consumer"]
@@ -306,17 +314,30 @@ def _source(
     base_dir: Path,
 ) -> SourceSettings:
     where = f"sources.{name}"
-    known = ("scheme", "provider", "secrets", "secret_files", "allow_unverified", "deadline_s",
-             "body_limit", "success_status", "dedup_horizon_s", "reorder_window_s", "select",
-             "verify")
+    known = (
+        "scheme",
+        "provider",
+        "secrets",
+        "secret_files",
+        "allow_unverified",
+        "deadline_s",
+        "body_limit",
+        "success_status",
+        "dedup_horizon_s",
+        "reorder_window_s",
+        "select",
+        "verify",
+    )
     _reject_unknown(table, known, where + ".")
     if not _is_name(name):
         raise ConfigError(where, "source names use lower-case letters, digits, '-' and '_'")
     scheme = _scalar(table, "scheme", str, where, env, required=True)
     allow_unverified = _scalar(table, "allow_unverified", bool, where, env, default=False)
     if scheme == "none" and not allow_unverified:
-        raise ConfigError(f"{where}.scheme", "'none' accepts unverified webhooks; set "
-                          "allow_unverified = true to run it on purpose")
+        raise ConfigError(
+            f"{where}.scheme",
+            "'none' accepts unverified webhooks; set allow_unverified = true to run it on purpose",
+        )
     secrets = _secrets(table, where, env, base_dir)
     options = table.get("verify", {})
     if not isinstance(options, Mapping):
@@ -354,10 +375,12 @@ def _source(
         deadline_s=deadline_s,
         body_limit=body_limit,
         success_status=status,
-        dedup_horizon_s=_scalar(table, "dedup_horizon_s", float, where, env,
-                                default=compactor.dedup_horizon_s),
-        reorder_window_s=_scalar(table, "reorder_window_s", float, where, env,
-                                 default=reorderer.window_s),
+        dedup_horizon_s=_scalar(
+            table, "dedup_horizon_s", float, where, env, default=compactor.dedup_horizon_s
+        ),
+        reorder_window_s=_scalar(
+            table, "reorder_window_s", float, where, env, default=reorderer.window_s
+        ),
         key_ids=tuple(s.key_id for s in secrets),
         verify_context=context,
     )
@@ -383,8 +406,9 @@ def _secrets(
         try:
             value = path.read_text(encoding="utf-8").strip()
         except OSError as exc:
-            raise ConfigError(f"{where}.secret_files", f"cannot read {name} "
-                              f"({exc.strerror})") from None
+            raise ConfigError(
+                f"{where}.secret_files", f"cannot read {name} ({exc.strerror})"
+            ) from None
         if not value:
             raise ConfigError(f"{where}.secret_files", f"{name} is empty")
         out.append(Secret(key_id=path.name, value=value.encode("utf-8")))
@@ -401,10 +425,17 @@ def _sink(name: str, table: Mapping[str, Any], env: Mapping[str, str]) -> SinkSe
     retry = _section(RetrySettings, _table(table, "retry", where + "."), f"{where}.retry", env)
     if retry.max_attempts < 1:
         raise ConfigError(f"{where}.retry.max_attempts", "must be at least 1")
-    options = {k: v for k, v in table.items()
-               if k not in ("type", "providers", "event_types", "retry")}
-    return SinkSettings(name=name, type=sink_type, providers=providers, event_types=event_types,
-                        retry=retry, options=options)
+    options = {
+        k: v for k, v in table.items() if k not in ("type", "providers", "event_types", "retry")
+    }
+    return SinkSettings(
+        name=name,
+        type=sink_type,
+        providers=providers,
+        event_types=event_types,
+        retry=retry,
+        options=options,
+    )
 
 
 def _globs(table: Mapping[str, Any], key: str, where: str) -> tuple[str, ...]:
@@ -432,7 +463,10 @@ def _reject_unknown(table: Mapping[str, Any], known: tuple[str, ...], where: str
 
 
 def _section(
-    cls: type[T], table: Mapping[str, Any], where: str, env: Mapping[str, str],
+    cls: type[T],
+    table: Mapping[str, Any],
+    where: str,
+    env: Mapping[str, str],
     skip: tuple[str, ...] = (),
 ) -> T:
     """Build a settings dataclass from a table plus BRIDGE_* twins of its scalars."""
@@ -453,8 +487,14 @@ def _section(
 
 
 def _scalar(
-    table: Mapping[str, Any], key: str, kind: type[T], where: str, env: Mapping[str, str],
-    *, default: Any = None, required: bool = False,
+    table: Mapping[str, Any],
+    key: str,
+    kind: type[T],
+    where: str,
+    env: Mapping[str, str],
+    *,
+    default: Any = None,
+    required: bool = False,
 ) -> T:
     path = f"{where}.{key}"
     twin = env.get(env_name(path))
@@ -463,27 +503,36 @@ def _scalar(
     if key not in table:
         if required:
             raise ConfigError(path, "required")
-        return typing.cast(T, default)
+        fallback: T = default
+        return fallback
     value = table[key]
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if type(value) is not kind:
         raise ConfigError(path, f"must be {_kind_name(kind)}, got {type(value).__name__}")
-    return typing.cast(T, value)
+    result: T = value
+    return result
 
 
 def _coerce_env(text: str, kind: type[T], path: str) -> T:
+    problem = ConfigError(path, f"{env_name(path)} must be {_kind_name(kind)}")
+    if kind is bool:
+        if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise problem
+        return typing.cast(T, text.lower() in ("true", "1", "yes"))
     try:
-        if kind is bool:
-            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(text)
-            return typing.cast(T, text.lower() in ("true", "1", "yes"))
         return kind(text)  # type: ignore[call-arg]
     except ValueError:
-        raise ConfigError(path, f"{env_name(path)} must be {_kind_name(kind)}") from None
+        raise problem from None
 
 
-def _kind_name(kind: type[Any] | types.UnionType) -> str:
-    return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}.get(
-        kind, str(kind)  # type: ignore[call-overload]
-    )
+_KIND_NAMES: dict[type[Any], str] = {
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "true or false",
+}
+
+
+def _kind_name(kind: type[Any]) -> str:
+    return _KIND_NAMES.get(kind, kind.__name__)

@@ -48,18 +48,16 @@ def setup(level: str = "info", fmt: str = "kv", process: str = "") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
-    if process:
-        global _PROCESS
-        _PROCESS = process
+    _CONTEXT["process"] = process
 
 
-_PROCESS = ""
+_CONTEXT: dict[str, str] = {"process": ""}
 
 
 def log(level: int, msg: str, **fields: Any) -> None:
     if _LOGGER.isEnabledFor(level):
-        if _PROCESS:
-            fields = {"process": _PROCESS, **fields}
+        if _CONTEXT["process"]:
+            fields = {"process": _CONTEXT["process"], **fields}
         _LOGGER.log(level, msg, extra={"fields": fields})
 
 

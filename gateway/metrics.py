@@ -25,8 +25,7 @@ OUTCOMES = (
     "method_not_allowed",
 )
 DELIVERY_ERRORS = ("timeout", "queue_full", "broker", "fatal")
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 2.5, 3.0,
-                   5.0)
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 2.5, 3.0, 5.0)
 SIZE_BUCKETS = (256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304)
 
 
@@ -45,34 +44,65 @@ class SourceMetrics:
 class GatewayMetrics:
     def __init__(self, sources: Iterable[tuple[str, float]], registry: CollectorRegistry) -> None:
         ns = "webhook_bridge_gateway"
-        self.requests = Counter(f"{ns}_requests", "Webhook requests by source and outcome",
-                                ["source", "outcome"], registry=registry)
-        self.failures = Counter(f"{ns}_verification_failures",
-                                "Requests that failed verification, by reason",
-                                ["source", "reason"], registry=registry)
-        self.verified = Counter(f"{ns}_verified",
-                                "Verified requests by the secret/key and mode that matched",
-                                ["source", "scheme", "key_id", "mode"], registry=registry)
-        self.publish = Histogram(f"{ns}_publish_duration_seconds",
-                                 "From produce to broker acknowledgement", ["source"],
-                                 buckets=LATENCY_BUCKETS, registry=registry)
-        self.request = Histogram(f"{ns}_request_duration_seconds",
-                                 "Whole webhook request, first byte to answer", ["source"],
-                                 buckets=LATENCY_BUCKETS, registry=registry)
-        self.deadline = Gauge(f"{ns}_deadline_seconds", "Configured publish deadline",
-                              ["source"], registry=registry)
-        self.in_flight = Gauge(f"{ns}_in_flight_requests", "Webhook requests being handled",
-                               registry=registry)
-        self.queue = Gauge(f"{ns}_producer_queue_messages",
-                           "Messages waiting in the producer for an acknowledgement",
-                           registry=registry)
-        self.delivery_errors = Counter(f"{ns}_delivery_errors",
-                                       "Publishes that got no acknowledgement, by reason",
-                                       ["source", "reason"], registry=registry)
-        self.rebuilds = Counter(f"{ns}_producer_rebuilds",
-                                "Producers rebuilt after a fatal error", registry=registry)
-        self.body_size = Histogram(f"{ns}_body_size_bytes", "Request body sizes", ["source"],
-                                   buckets=SIZE_BUCKETS, registry=registry)
+        self.requests = Counter(
+            f"{ns}_requests",
+            "Webhook requests by source and outcome",
+            ["source", "outcome"],
+            registry=registry,
+        )
+        self.failures = Counter(
+            f"{ns}_verification_failures",
+            "Requests that failed verification, by reason",
+            ["source", "reason"],
+            registry=registry,
+        )
+        self.verified = Counter(
+            f"{ns}_verified",
+            "Verified requests by the secret/key and mode that matched",
+            ["source", "scheme", "key_id", "mode"],
+            registry=registry,
+        )
+        self.publish = Histogram(
+            f"{ns}_publish_duration_seconds",
+            "From produce to broker acknowledgement",
+            ["source"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.request = Histogram(
+            f"{ns}_request_duration_seconds",
+            "Whole webhook request, first byte to answer",
+            ["source"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.deadline = Gauge(
+            f"{ns}_deadline_seconds", "Configured publish deadline", ["source"], registry=registry
+        )
+        self.in_flight = Gauge(
+            f"{ns}_in_flight_requests", "Webhook requests being handled", registry=registry
+        )
+        self.queue = Gauge(
+            f"{ns}_producer_queue_messages",
+            "Messages waiting in the producer for an acknowledgement",
+            registry=registry,
+        )
+        self.delivery_errors = Counter(
+            f"{ns}_delivery_errors",
+            "Publishes that got no acknowledgement, by reason",
+            ["source", "reason"],
+            registry=registry,
+        )
+        self.rebuilds = Counter(
+            f"{ns}_producer_rebuilds", "Producers rebuilt after a fatal error", registry=registry
+        )
+        self.body_size = Histogram(
+            f"{ns}_body_size_bytes",
+            "Request body sizes",
+            ["source"],
+            buckets=SIZE_BUCKETS,
+            registry=registry,
+        )
         self.by_source: dict[str, SourceMetrics] = {}
         for name, deadline in [*sources, (UNKNOWN_SOURCE, 0.0)]:
             self.deadline.labels(name).set(deadline)
@@ -82,7 +112,6 @@ class GatewayMetrics:
                 publish=self.publish.labels(name),
                 request=self.request.labels(name),
                 body_size=self.body_size.labels(name),
-                delivery_errors={r: self.delivery_errors.labels(name, r)
-                                 for r in DELIVERY_ERRORS},
+                delivery_errors={r: self.delivery_errors.labels(name, r) for r in DELIVERY_ERRORS},
             )
         self.rebuilds.inc(0)

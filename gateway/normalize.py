@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -22,11 +23,25 @@ from schemas.envelope import Envelope, Verification
 # Request headers kept in the envelope. Never Authorization, cookies or signatures.
 HEADER_ALLOW_LIST = frozenset(
     {
-        "content-type", "user-agent", "x-request-id", "webhook-id", "webhook-timestamp",
-        "svix-id", "svix-timestamp", "x-github-event", "x-github-delivery", "x-github-hook-id",
-        "x-shopify-topic", "x-shopify-webhook-id", "x-shopify-event-id", "x-shopify-shop-domain",
-        "x-shopify-api-version", "x-slack-request-timestamp", "x-slack-retry-num",
-        "x-slack-retry-reason", "key-id",
+        "content-type",
+        "user-agent",
+        "x-request-id",
+        "webhook-id",
+        "webhook-timestamp",
+        "svix-id",
+        "svix-timestamp",
+        "x-github-event",
+        "x-github-delivery",
+        "x-github-hook-id",
+        "x-shopify-topic",
+        "x-shopify-webhook-id",
+        "x-shopify-event-id",
+        "x-shopify-shop-domain",
+        "x-shopify-api-version",
+        "x-slack-request-timestamp",
+        "x-slack-retry-num",
+        "x-slack-retry-reason",
+        "key-id",
     }
 )
 MAX_HEADER_VALUE = 1024
@@ -93,16 +108,18 @@ def body_hash(document: Any, body: bytes) -> str:
     """sha256 of the canonical JSON (sorted keys, no spaces), else of the raw bytes."""
     if document is not None:
         try:
-            canonical = json.dumps(document, sort_keys=True, separators=(",", ":"),
-                                   ensure_ascii=False).encode("utf-8")
+            canonical = json.dumps(
+                document, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+            ).encode("utf-8")
             return "sha256:" + hashlib.sha256(canonical).hexdigest()
         except (ValueError, RecursionError):
             pass
     return "sha256:" + hashlib.sha256(body).hexdigest()
 
 
-def _event_id(selector: Selector | None, document: Any, verified: VerifiedRequest,
-              body: bytes) -> tuple[str, str]:
+def _event_id(
+    selector: Selector | None, document: Any, verified: VerifiedRequest, body: bytes
+) -> tuple[str, str]:
     if selector is not None:
         found = selector.select(document, verified)
         if found is not None:
@@ -113,8 +130,9 @@ def _event_id(selector: Selector | None, document: Any, verified: VerifiedReques
     return body_hash(document, body), "BODY_HASH"
 
 
-def _text(selector: Selector | None, document: Any, verified: VerifiedRequest,
-          limit: int) -> str | None:
+def _text(
+    selector: Selector | None, document: Any, verified: VerifiedRequest, limit: int
+) -> str | None:
     if selector is None:
         return None
     found = selector.select(document, verified)
@@ -124,8 +142,9 @@ def _text(selector: Selector | None, document: Any, verified: VerifiedRequest,
     return text if 0 < len(text) <= limit and text.isprintable() else None
 
 
-def _occurred_at(selector: Selector | None, document: Any, verified: VerifiedRequest,
-                 received_at_us: int) -> tuple[int, str]:
+def _occurred_at(
+    selector: Selector | None, document: Any, verified: VerifiedRequest, received_at_us: int
+) -> tuple[int, str]:
     if selector is not None:
         found = selector.select(document, verified)
         if found is not None:
@@ -153,11 +172,16 @@ def parse_time(value: Any) -> int | None:
                 parsed = parsed.replace(tzinfo=UTC)
             micros = int(parsed.timestamp()) * 1_000_000 + parsed.microsecond
     if micros is None and isinstance(value, int | float):
-        if value != value or value in (float("inf"), float("-inf")):  # NaN / inf
+        if not math.isfinite(value):
             return None
         magnitude = abs(value)
-        scale = 1e-3 if magnitude > 1e17 else 1 if magnitude > 1e14 else (
-            1e3 if magnitude > 1e11 else 1e6)
+        scale = (
+            1e-3
+            if magnitude > 1e17
+            else 1
+            if magnitude > 1e14
+            else (1e3 if magnitude > 1e11 else 1e6)
+        )
         micros = int(value * scale)
     if micros is None or not _MIN_US <= micros <= _MAX_US:
         return None

@@ -70,7 +70,10 @@ DEFAULT_SELECTORS: dict[str, dict[str, str]] = {
         "occurred_at": "event_time | event.event_ts",
         "ordering_key": "team_id",
     },
-    "hmac": {"id": "signed:id | id", "type": "signed:type | type", "occurred_at":
-             "signed:timestamp"},
+    "hmac": {
+        "id": "signed:id | id",
+        "type": "signed:type | type",
+        "occurred_at": "signed:timestamp",
+    },
     "none": {"id": "id", "type": "type"},
 }

@@ -13,6 +13,7 @@ use the new one, without a process restart.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections import deque
@@ -43,6 +44,12 @@ class PublishError(BridgeError):
 
 
 class Publisher:
+    # A broker that lost its state can also make the producer time out every message
+    # instead of raising a fatal error: after this many timeouts in a row with no
+    # acknowledgement for `STUCK_AFTER_S`, the producer is rebuilt as well.
+    STUCK_TIMEOUTS = 3
+    STUCK_AFTER_S = 10.0
+
     def __init__(self, config: Mapping[str, Any], poll_interval_s: float = 0.05) -> None:
         self._config = {**PRODUCER_DEFAULTS, **config}
         self._poll_interval_s = poll_interval_s
@@ -57,6 +64,7 @@ class Publisher:
         self._producer: Any = None
         self._generation = 0
         self._pending: dict[int, set[asyncio.Future[None]]] = {}
+        self._timeouts_in_a_row = 0
         self.on_rebuild: list[Any] = []
 
     # ------------------------------------------------------------------ lifecycle
@@ -95,8 +103,14 @@ class Publisher:
     def queue_depth(self) -> int:
         return len(self._producer) if self._producer is not None else 0
 
-    async def publish(self, topic: str, key: bytes, value: bytes,
-                      headers: list[tuple[str, bytes]], deadline_s: float) -> None:
+    async def publish(
+        self,
+        topic: str,
+        key: bytes,
+        value: bytes,
+        headers: list[tuple[str, bytes]],
+        deadline_s: float,
+    ) -> None:
         """Produce and wait for the acknowledgement; raise PublishError otherwise."""
         loop = self._loop
         assert loop is not None, "publisher not started"
@@ -110,8 +124,9 @@ class Publisher:
         with self._lock:
             producer, generation = self._producer, self._generation
             try:
-                producer.produce(topic, value=value, key=key, headers=headers,
-                                 on_delivery=on_delivery)
+                producer.produce(
+                    topic, value=value, key=key, headers=headers, on_delivery=on_delivery
+                )
             except BufferError:
                 raise PublishError("queue_full", "producer queue is full") from None
             except Exception as exc:  # KafkaException on a dead producer
@@ -120,6 +135,13 @@ class Publisher:
         try:
             await asyncio.wait_for(asyncio.shield(future), timeout=deadline_s)
         except TimeoutError:
+            self._timeouts_in_a_row += 1
+            if (
+                self._timeouts_in_a_row >= self.STUCK_TIMEOUTS
+                and time.monotonic() - self.last_ok > self.STUCK_AFTER_S
+            ):
+                self._timeouts_in_a_row = 0
+                self._rebuild_requested.set()
             raise PublishError("timeout", f"no acknowledgement within {deadline_s}s") from None
         finally:
             self._pending.get(generation, set()).discard(future)
@@ -140,10 +162,8 @@ class Publisher:
 
     def _wake(self) -> None:
         if self._loop is not None and not self._loop.is_closed():
-            try:
+            with contextlib.suppress(RuntimeError):  # loop closed during shutdown
                 self._loop.call_soon_threadsafe(self._drain_ready)
-            except RuntimeError:  # loop closed during shutdown
-                pass
 
     def _drain_ready(self) -> None:
         done = self._done
@@ -152,12 +172,15 @@ class Publisher:
             future, error = done.popleft()
             if error is None:
                 self.last_ok = now
+                self._timeouts_in_a_row = 0
             if future.done():
                 continue
             if error is None:
                 future.set_result(None)
             else:
                 future.set_exception(PublishError("broker", error))
+                if error in ("_FATAL", "UNKNOWN_PRODUCER_ID", "OUT_OF_ORDER_SEQUENCE_NUMBER"):
+                    self._rebuild_requested.set()
 
     def _rebuild(self) -> None:
         """Replace a producer that hit a fatal error; fail what it still held."""

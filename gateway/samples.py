@@ -27,35 +27,75 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def sample_document(scheme: str, *, event_type: str | None = None, event_id: str | None = None,
-                    resource_id: str | None = None, occurred_at: float | None = None,
-                    now: float = 0.0) -> dict[str, Any]:
+def sample_document(
+    scheme: str,
+    *,
+    event_type: str | None = None,
+    event_id: str | None = None,
+    resource_id: str | None = None,
+    occurred_at: float | None = None,
+    now: float = 0.0,
+) -> dict[str, Any]:
     when = occurred_at if occurred_at is not None else now
     eid = event_id or f"evt_{uuid.uuid4().hex[:20]}"
     rid = resource_id or f"res_{uuid.uuid4().hex[:12]}"
     kind = event_type or DEFAULT_TYPES.get(scheme, "sample.created")
     if scheme == "jiko":
-        return {"event_type": kind, "payload": {"id": eid, "card_id": rid, "amount": "12.50",
-                                                 "currency": "USD", "created_at": _iso(when)}}
+        return {
+            "event_type": kind,
+            "payload": {
+                "id": eid,
+                "card_id": rid,
+                "amount": "12.50",
+                "currency": "USD",
+                "created_at": _iso(when),
+            },
+        }
     if scheme == "justwallet":
-        return {"event.type": kind, "data": {"id": rid, "status": "completed", "amount": 100.0,
-                                             "currency": "USD", "created_at": _iso(when),
-                                             "updated_at": _iso(when), "nonce": eid}}
+        return {
+            "event.type": kind,
+            "data": {
+                "id": rid,
+                "status": "completed",
+                "amount": 100.0,
+                "currency": "USD",
+                "created_at": _iso(when),
+                "updated_at": _iso(when),
+                "nonce": eid,
+            },
+        }
     if scheme == "jpmorgan":
-        return {"eventId": eid, "eventType": kind, "resourceId": rid, "eventTime": _iso(when),
-                "data": {"transactionId": rid, "status": "COMPLETED"}}
+        return {
+            "eventId": eid,
+            "eventType": kind,
+            "resourceId": rid,
+            "eventTime": _iso(when),
+            "data": {"transactionId": rid, "status": "COMPLETED"},
+        }
     if scheme in ("fintoc", "stripe"):
         created: Any = _iso(when) if scheme == "fintoc" else int(when)
-        return {"id": eid, "type": kind, "created_at" if scheme == "fintoc" else "created":
-                created, "data": {"id": rid, "object": {"id": rid}}}
+        return {
+            "id": eid,
+            "type": kind,
+            "created_at" if scheme == "fintoc" else "created": created,
+            "data": {"id": rid, "object": {"id": rid}},
+        }
     if scheme == "github":
         return {"action": "opened", "repository": {"full_name": f"acme/{rid}"}}
     if scheme == "shopify":
-        return {"id": rid, "admin_graphql_api_id": f"gid://shopify/Order/{rid}",
-                "updated_at": _iso(when)}
+        return {
+            "id": rid,
+            "admin_graphql_api_id": f"gid://shopify/Order/{rid}",
+            "updated_at": _iso(when),
+        }
     if scheme == "slack":
-        return {"event_id": eid, "type": kind, "team_id": rid, "event_time": int(when),
-                "event": {"type": "message"}}
+        return {
+            "event_id": eid,
+            "type": kind,
+            "team_id": rid,
+            "event_time": int(when),
+            "event": {"type": "message"},
+        }
     return {"id": eid, "type": kind, "timestamp": _iso(when), "data": {"id": rid}}
 
 

@@ -83,18 +83,19 @@ def parse_selector(text: str, key: str) -> Selector:
 
 def _parse_alternative(text: str, key: str) -> Alternative:
     if text.startswith("header:"):
-        name = text[len("header:"):].strip().lower()
+        name = text[len("header:") :].strip().lower()
         if not name:
             raise ConfigError(key, "header: needs a header name")
         return Alternative(kind="header", name=name)
     if text.startswith("signed:"):
-        name = text[len("signed:"):].strip()
+        name = text[len("signed:") :].strip()
         if name not in SIGNED_FIELDS:
-            raise ConfigError(key, f"signed:{name} is unknown; valid: signed:id, signed:timestamp,"
-                              " signed:type")
+            raise ConfigError(
+                key, f"signed:{name} is unknown; valid: signed:id, signed:timestamp, signed:type"
+            )
         return Alternative(kind="signed", name=name)
     if text.startswith("body:"):
-        text = text[len("body:"):].strip()
+        text = text[len("body:") :].strip()
     path: list[str | int] = []
     pos = 0
     while pos < len(text):

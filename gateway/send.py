@@ -36,21 +36,32 @@ def run(args: argparse.Namespace) -> int:
     settings = config_module.load(args.config)
     source = settings.sources.get(args.source)
     if source is None:
-        raise ConfigError("source", f"{args.source!r} is not in {args.config}; choose one of: "
-                          + ", ".join(settings.sources))
+        raise ConfigError(
+            "source",
+            f"{args.source!r} is not in {args.config}; choose one of: "
+            + ", ".join(settings.sources),
+        )
     base = args.url or f"http://{settings.gateway.host}:{settings.gateway.port}"
     status = 0
     with httpx.Client(timeout=10.0) as client:
         for _ in range(args.count):
             now = time.time()
             event_id = args.event_id or f"evt_{uuid.uuid4().hex[:20]}"
-            body = (Path(args.body).read_bytes() if args.body else
-                    sample_body(source.scheme, event_type=args.event, event_id=event_id, now=now))
-            headers = sign_request(source.scheme, source.verify_context, body, now,
-                                   event_id=event_id, event_type=args.event)
+            body = (
+                Path(args.body).read_bytes()
+                if args.body
+                else sample_body(source.scheme, event_type=args.event, event_id=event_id, now=now)
+            )
+            headers = sign_request(
+                source.scheme,
+                source.verify_context,
+                body,
+                now,
+                event_id=event_id,
+                event_type=args.event,
+            )
             headers.setdefault("content-type", "application/json")
-            response = client.post(f"{base}/webhooks/{source.name}", content=body,
-                                   headers=headers)
+            response = client.post(f"{base}/webhooks/{source.name}", content=body, headers=headers)
             print(f"{response.status_code} {response.text}")
             if response.status_code >= 300:
                 status = 1

@@ -18,8 +18,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_argument(parser)
     parser.add_argument("--host", help="listen address (default gateway.host)")
     parser.add_argument("--port", type=int, help="listen port (default gateway.port)")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="uvicorn worker processes (each has its own producer)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="uvicorn worker processes (each has its own producer)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -32,11 +36,20 @@ def run(args: argparse.Namespace) -> int:
     host = args.host or settings.gateway.host
     port = args.port if args.port is not None else settings.gateway.port
     app = create_app(settings)
-    server = uvicorn.Server(uvicorn.Config(
-        app, host=host, port=port, log_level="warning", access_log=False,
-        timeout_graceful_shutdown=int(settings.gateway.drain_timeout_s) or 1,
-        loop="uvloop", http="httptools", lifespan="on", workers=1,
-    ))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=int(settings.gateway.drain_timeout_s) or 1,
+            loop="uvloop",
+            http="httptools",
+            lifespan="on",
+            workers=1,
+        )
+    )
     logs.info("gateway listening", url=f"http://{host}:{port}")
     server.run()
     return 0

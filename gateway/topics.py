@@ -82,8 +82,9 @@ class TopicError(BridgeError):
     pass
 
 
-def ensure_topics(admin_config: dict[str, str], specs: Iterable[TopicSpec],
-                  timeout_s: float = 15.0) -> dict[str, str]:
+def ensure_topics(
+    admin_config: dict[str, str], specs: Iterable[TopicSpec], timeout_s: float = 15.0
+) -> dict[str, str]:
     """Create missing topics; check existing ones. Returns {topic: created|exists}.
 
     Idempotent: a topic that exists with the expected partition count is left
@@ -91,7 +92,8 @@ def ensure_topics(admin_config: dict[str, str], specs: Iterable[TopicSpec],
     move keys between partitions and break per-key order).
     """
     from confluent_kafka import KafkaError, KafkaException
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka.admin import AdminClient
+    from confluent_kafka.cimpl import NewTopic
 
     admin = AdminClient({**admin_config, "log_level": 0})
     specs = list(specs)
@@ -111,9 +113,12 @@ def ensure_topics(admin_config: dict[str, str], specs: Iterable[TopicSpec],
         result[spec.name] = "exists"
     if missing:
         futures = admin.create_topics(
-            [NewTopic(s.name, s.partitions, s.replication_factor, config=s.config)
-             for s in missing],
-            operation_timeout=timeout_s, request_timeout=timeout_s,
+            [
+                NewTopic(s.name, s.partitions, s.replication_factor, config=s.config)
+                for s in missing
+            ],
+            operation_timeout=timeout_s,
+            request_timeout=timeout_s,
         )
         for name, future in futures.items():
             try:

@@ -19,8 +19,10 @@ def run(args: argparse.Namespace) -> int:
     specs = implied_topics(settings)
     if args.dry_run:
         for spec in specs:
-            print(f"{spec.name} partitions={spec.partitions} "
-                  f"replication={spec.replication_factor} config={spec.config}")
+            print(
+                f"{spec.name} partitions={spec.partitions} "
+                f"replication={spec.replication_factor} config={spec.config}"
+            )
         return 0
     result = ensure_topics(settings.admin_config(), specs)
     for spec in specs:

@@ -38,8 +38,9 @@ LOOPBACK = ("127.0.0.1", "localhost")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_argument(parser)
-    parser.add_argument("--no-consumers", action="store_true",
-                        help="start only the broker and the gateway")
+    parser.add_argument(
+        "--no-consumers", action="store_true", help="start only the broker and the gateway"
+    )
 
 
 def demo_secret_names(raw: Mapping[str, Any]) -> dict[str, str]:
@@ -114,9 +115,10 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, stop_all)
     signal.signal(signal.SIGTERM, stop_all)
     try:
-        for status, name in sorted((v, k) for k, v in
-                                   ensure_topics(settings.admin_config(),
-                                                 implied_topics(settings)).items()):
+        for status, name in sorted(
+            (v, k)
+            for k, v in ensure_topics(settings.admin_config(), implied_topics(settings)).items()
+        ):
             _log(f"topic {name}: {status}")
         plan = _plan(settings, args)
         for name, argv, health in plan:
@@ -133,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
                     stopping = True
             time.sleep(0.3)
     finally:
-        for name, process in reversed(children):
+        for _, process in reversed(children):
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
         for name, process in reversed(children):
@@ -148,8 +150,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _plan(settings: config_module.Settings,
-          args: argparse.Namespace) -> list[tuple[str, list[str], str]]:
+def _plan(
+    settings: config_module.Settings, args: argparse.Namespace
+) -> list[tuple[str, list[str], str]]:
     config = ["--config", args.config]
     g = settings.gateway
     plan = [("gateway", ["gateway", *config], f"http://{g.host}:{g.port}/healthz")]
@@ -158,10 +161,19 @@ def _plan(settings: config_module.Settings,
     for sink in settings.sinks.values():
         url = urlsplit(str(sink.options.get("url", "")))
         if sink.type == "http" and url.hostname in LOOPBACK and url.port:
-            plan.append((f"receiver:{sink.name}",
-                         ["receiver", "--port", str(url.port), "--secret-env",
-                          str(sink.options.get("secret", ""))],
-                         f"http://127.0.0.1:{url.port}/healthz"))
+            plan.append(
+                (
+                    f"receiver:{sink.name}",
+                    [
+                        "receiver",
+                        "--port",
+                        str(url.port),
+                        "--secret-env",
+                        str(sink.options.get("secret", "")),
+                    ],
+                    f"http://127.0.0.1:{url.port}/healthz",
+                )
+            )
     for name, module, section in (
         ("compactor", "consumers.compactor", settings.compactor),
         ("reorderer", "consumers.reorderer", settings.reorderer),
@@ -179,7 +191,8 @@ def _print_howto(settings: config_module.Settings, config_path: str) -> None:
     g = settings.gateway
     first = next(iter(settings.sources), "jiko")
     bin_dir = Path(sys.executable).parent
-    print(f"""
+    print(
+        f"""
 [up] webhook-bridge is running. In another terminal:
 
     {bin_dir}/webhook-bridge send {first} --config {config_path}
@@ -187,4 +200,6 @@ def _print_howto(settings: config_module.Settings, config_path: str) -> None:
 
   (`send` reads the same *_WEBHOOK_SECRET variables: export the demo values above
    in that terminal first.) Ctrl-C stops everything.
-""", flush=True)
+""",
+        flush=True,
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 ID_ORIGINS = ("PAYLOAD", "HEADER", "BODY_HASH")
 TIME_ORIGINS = ("PAYLOAD", "HEADER", "RECEIVED")
@@ -65,13 +66,24 @@ class Envelope:
         }
 
     @classmethod
-    def from_record(cls, rec: Mapping[str, object]) -> Envelope:
+    def from_record(cls, rec: Mapping[str, Any]) -> Envelope:
         ver = rec["verification"]
-        assert isinstance(ver, Mapping)
         known = {
-            "event_id", "event_id_origin", "provider", "source", "event_type", "occurred_at",
-            "occurred_at_origin", "received_at", "ordering_key", "content_type", "body",
-            "headers", "verification", "request_id", "quarantine_reason",
+            "event_id",
+            "event_id_origin",
+            "provider",
+            "source",
+            "event_type",
+            "occurred_at",
+            "occurred_at_origin",
+            "received_at",
+            "ordering_key",
+            "content_type",
+            "body",
+            "headers",
+            "verification",
+            "request_id",
+            "quarantine_reason",
         }
         return cls(
             event_id=str(rec["event_id"]),
@@ -84,15 +96,15 @@ class Envelope:
             received_at=to_micros(rec["received_at"]),
             ordering_key=str(rec["ordering_key"]),
             content_type=str(rec["content_type"]),
-            body=bytes(rec["body"]),  # type: ignore[arg-type]
-            headers=dict(rec["headers"]),  # type: ignore[call-overload]
+            body=bytes(rec["body"]),
+            headers=dict(rec["headers"]),
             verification=Verification(
                 scheme=str(ver["scheme"]),
-                key_id=ver.get("key_id"),  # type: ignore[arg-type]
-                mode=ver.get("mode"),  # type: ignore[arg-type]
+                key_id=ver.get("key_id"),
+                mode=ver.get("mode"),
             ),
             request_id=str(rec["request_id"]),
-            quarantine_reason=rec.get("quarantine_reason"),  # type: ignore[arg-type]
+            quarantine_reason=rec.get("quarantine_reason"),
             extra={k: v for k, v in rec.items() if k not in known},
         )
 

@@ -100,8 +100,12 @@ class EnvelopeSerializer:
 class EnvelopeDeserializer:
     """Reads both wire formats into `Envelope`; raises SerdeError on anything else."""
 
-    def __init__(self, registry_url: str = "", registry: Any = None,
-                 known_schemas: Mapping[bytes, str] | None = None) -> None:
+    def __init__(
+        self,
+        registry_url: str = "",
+        registry: Any = None,
+        known_schemas: Mapping[bytes, str] | None = None,
+    ) -> None:
         self._reader = envelope_schema()
         self._registry = registry or (_registry(registry_url) if registry_url else None)
         self._by_fingerprint: dict[bytes, Any] = {
@@ -127,9 +131,14 @@ class EnvelopeDeserializer:
             raise SerdeError("not an Avro envelope (unknown magic byte)")
         try:
             record = fastavro.schemaless_reader(io.BytesIO(payload), writer, self._reader)
-            return Envelope.from_record(record)
         except Exception as exc:
             raise SerdeError(f"cannot decode envelope: {type(exc).__name__}") from exc
+        if not isinstance(record, dict):
+            raise SerdeError("envelope is not a record")
+        try:
+            return Envelope.from_record(record)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SerdeError(f"envelope record is incomplete: {type(exc).__name__}") from exc
 
     def _writer_by_id(self, schema_id: int) -> Any:
         writer = self._by_id.get(schema_id)

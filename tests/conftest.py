@@ -26,7 +26,6 @@ import pytest
 from gateway.broker import EmbeddedBroker
 
 KAFKA_MODES = ("embedded", "existing", "testcontainers")
-APACHE_KAFKA_IMAGE = "apache/kafka:4.1.1"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -81,12 +80,12 @@ def kafka(kafka_mode: str) -> Iterator[KafkaCluster]:
     if kafka_mode == "existing":
         yield KafkaCluster(os.environ["KAFKA_BOOTSTRAP_SERVERS"], kafka_mode)
     elif kafka_mode == "testcontainers":
-        from testcontainers.kafka import KafkaContainer
+        from tests.kafka_container import ApacheKafka
 
-        container = KafkaContainer(APACHE_KAFKA_IMAGE).with_kraft()
-        container.start()
+        container = ApacheKafka()
+        container.start()  # raises at once without a Docker engine: never a silent skip
         try:
-            yield KafkaCluster(container.get_bootstrap_server(), kafka_mode)
+            yield KafkaCluster(container.bootstrap, kafka_mode)
         finally:
             container.stop()
     else:

@@ -1,0 +1,233 @@
+"""Helpers shared by the scheme modules: option parsing, the signer contract, timestamps.
+
+`Options` reads one TOML table and rejects unknown keys and bad values with a
+one-line `ConfigError` naming the key and the valid choices. Nothing here ever
+puts a secret, a signature or a header value into an error.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from gateway.errors import ConfigError, VerificationError
+from gateway.verify.base import BuildContext, Secret
+
+__all__ = [
+    "MAX_HEADER_CHARS",
+    "Options",
+    "Signer",
+    "SignerFactory",
+    "check_window",
+    "decode_b64",
+    "decode_hex",
+    "header_bytes",
+    "parse_unix_seconds",
+    "require_secrets",
+]
+
+MAX_HEADER_CHARS = 16_384  # longer signature headers are refused unparsed (cheap DoS guard)
+
+
+class Signer(Protocol):
+    """The sending side of a scheme: the headers a provider would attach to `body`."""
+
+    def sign(
+        self,
+        body: bytes,
+        now: float,
+        *,
+        event_id: str | None = None,
+        event_type: str | None = None,
+    ) -> dict[str, str]: ...
+
+
+SignerFactory = Callable[[BuildContext], Signer]
+
+
+class Options:
+    """Validated access to one options table (``[sources.X.verify]`` or a sub-table)."""
+
+    def __init__(self, table: Any, where: str, valid: Iterable[str]) -> None:
+        if not isinstance(table, Mapping):
+            raise ConfigError(where, "must be a table")
+        self.where = where
+        self.valid = tuple(valid)
+        self._table: Mapping[str, Any] = table
+        for name in table:
+            if name not in self.valid:
+                raise ConfigError(self.key(str(name)), f"unknown option; valid: {self._names()}")
+
+    def _names(self) -> str:
+        return ", ".join(self.valid) if self.valid else "(none)"
+
+    def key(self, name: str) -> str:
+        return f"{self.where}.{name}"
+
+    def has(self, name: str) -> bool:
+        return name in self._table
+
+    def fail(self, name: str, problem: str) -> ConfigError:
+        return ConfigError(self.key(name), problem)
+
+    def _raw(self, name: str) -> Any:
+        assert name in self.valid, name  # a programming error, not a config error
+        return self._table.get(name)
+
+    def text(self, name: str, default: str) -> str:
+        value = self.opt_text(name)
+        return default if value is None else value
+
+    def opt_text(self, name: str) -> str | None:
+        value = self._raw(name)
+        if value is not None and not isinstance(value, str):
+            raise self.fail(name, "must be a string")
+        return value
+
+    def choice(self, name: str, default: str, choices: Sequence[str]) -> str:
+        value = self.text(name, default)
+        if value not in choices:
+            raise self.fail(name, f"unsupported value {value[:40]!r}; valid: {', '.join(choices)}")
+        return value
+
+    def number(self, name: str, default: float, *, positive: bool = True) -> float:
+        value = self._raw(name)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+            raise self.fail(name, "must be a number of seconds; valid: a number > 0")
+        if value < 0 or (positive and value == 0):
+            raise self.fail(name, "out of range; valid: a number > 0")
+        return float(value)
+
+    def texts(
+        self, name: str, default: Sequence[str], choices: Sequence[str] | None = None
+    ) -> tuple[str, ...]:
+        """A list of strings; a lone string counts as a one-element list."""
+        value = self._raw(name)
+        if value is None:
+            return tuple(default)
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+            raise self.fail(name, "must be a non-empty list of strings")
+        if choices is not None:
+            bad = [v for v in value if v not in choices]
+            if bad:
+                raise self.fail(
+                    name, f"unsupported value {bad[0][:40]!r}; valid: {', '.join(choices)}"
+                )
+        return tuple(dict.fromkeys(value))
+
+    def table(self, name: str, valid: Iterable[str]) -> Options | None:
+        value = self._raw(name)
+        return None if value is None else Options(value, self.key(name), valid)
+
+    def tables(self, name: str, valid: Iterable[str]) -> list[Options]:
+        value = self._raw(name)
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise self.fail(name, "must be a list of tables")
+        return [Options(item, f"{self.key(name)}[{i}]", valid) for i, item in enumerate(value)]
+
+    def env_map(self, name: str, env: Mapping[str, str]) -> dict[str, tuple[bytes, ...]]:
+        """``{ "Header-Name" = "ENV_VAR" | ["ENV_A", "ENV_B"] }`` resolved from `env`."""
+        value = self._raw(name)
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping) or not value:
+            raise self.fail(name, "must be a table of header name = environment-variable name")
+        out: dict[str, tuple[bytes, ...]] = {}
+        for header, var_names in value.items():
+            names = [var_names] if isinstance(var_names, str) else var_names
+            if (
+                not isinstance(names, list)
+                or not names
+                or not all(isinstance(n, str) for n in names)
+            ):
+                raise self.fail(f"{name}.{header}", "must name an environment variable")
+            out[str(header)] = tuple(self.env_value(f"{name}.{header}", n, env) for n in names)
+        return out
+
+    def env_value(self, name: str, var: str, env: Mapping[str, str]) -> bytes:
+        value = env.get(var)
+        if not value:
+            raise self.fail(name, f"environment variable {var} is not set")
+        return value.encode("utf-8")
+
+    def file_bytes(self, name: str) -> bytes | None:
+        """Read the file an option names (relative paths resolve against the working dir)."""
+        path = self.opt_text(name)
+        if path is None:
+            return None
+        try:
+            return Path(path).read_bytes()
+        except OSError as exc:
+            raise self.fail(name, f"cannot read {path} ({exc.strerror})") from None
+
+    def instant(self, name: str) -> float | None:
+        """An RFC 3339 date-time (string or TOML datetime with offset) as unix seconds."""
+        value = self._raw(name)
+        if value is None:
+            return None
+        if isinstance(value, str):
+            try:
+                value = dt.datetime.fromisoformat(value)
+            except ValueError:
+                raise self.fail(name, "must be an RFC 3339 date-time") from None
+        if not isinstance(value, dt.datetime) or value.tzinfo is None:
+            raise self.fail(
+                name, "must be a date-time with a UTC offset, e.g. 2027-01-01T00:00:00Z"
+            )
+        return value.timestamp()
+
+
+def require_secrets(ctx: BuildContext) -> Sequence[Secret]:
+    if not ctx.secrets:
+        raise ConfigError(f"{ctx.where}.secrets", "this scheme needs at least one secret")
+    return ctx.secrets
+
+
+def parse_unix_seconds(text: str, header: str) -> int:
+    if not (0 < len(text) <= 12 and text.isascii() and text.isdigit()):
+        raise VerificationError("malformed_header", f"{header}: timestamp is not unix seconds")
+    return int(text)
+
+
+def check_window(timestamp: float, now: float, tolerance_s: float, header: str) -> None:
+    if now - timestamp > tolerance_s:
+        raise VerificationError("stale_timestamp", f"{header} is outside the tolerance")
+    if timestamp - now > tolerance_s:
+        raise VerificationError("future_timestamp", f"{header} is ahead of the tolerance")
+
+
+def header_bytes(value: str, header: str) -> bytes:
+    """Header text back to its wire bytes (ASGI servers decode headers as latin-1)."""
+    try:
+        return value.encode("latin-1")
+    except UnicodeEncodeError:
+        raise VerificationError("malformed_header", f"{header}: not latin-1") from None
+
+
+def decode_b64(text: str, *, urlsafe: bool = False) -> bytes | None:
+    """Strict (padded) base64, or None for garbage."""
+    try:
+        if urlsafe:
+            padded = text + "=" * (-len(text) % 4)
+            return base64.b64decode(padded.encode("ascii"), altchars=b"-_", validate=True)
+        return base64.b64decode(text.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError, ValueError):
+        return None
+
+
+def decode_hex(text: str) -> bytes | None:
+    try:
+        return bytes.fromhex(text) if text.isascii() else None
+    except ValueError:
+        return None

@@ -1,0 +1,187 @@
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from gateway import config
+from gateway.errors import ConfigError
+from tests.support import DEMO_ENV, settings_from_toml
+
+REPO = Path(__file__).resolve().parent.parent
+MINIMAL = """
+[kafka]
+"bootstrap.servers" = "127.0.0.1:9092"
+[sources.jiko]
+scheme = "jiko"
+secrets = ["JIKO_WEBHOOK_SECRET"]
+"""
+
+
+def test_demo_config_loads() -> None:
+    """deploy/demo.toml is what `make run` uses: it must parse with the real loader."""
+    settings = config.load(REPO / "deploy" / "demo.toml", env=DEMO_ENV)
+    assert {"jiko", "justwallet", "jpmorgan", "fintoc"} <= set(settings.sources)
+    assert settings.sources["jiko"].key_ids == ("JIKO_WEBHOOK_SECRET",)
+    assert settings.kafka["bootstrap.servers"] == "127.0.0.1:9092"
+    assert settings.gateway.port == 8000
+    assert set(settings.sinks) == {"log", "demo-receiver"}
+
+
+def test_defaults_and_frozen() -> None:
+    settings = settings_from_toml(MINIMAL)
+    source = settings.sources["jiko"]
+    assert source.provider == "jiko"
+    assert source.deadline_s == 2.5
+    assert source.body_limit == 1_048_576
+    assert source.dedup_horizon_s == 7 * 24 * 3600
+    assert source.reorder_window_s == 5.0
+    with pytest.raises(AttributeError):
+        settings.gateway.port = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("toml_text", "key"),
+    [
+        (MINIMAL + "\n[gateway]\nprot = 1\n", "gateway.prot"),
+        (MINIMAL + "\n[gateway]\nport = 'x'\n", "gateway.port"),
+        (MINIMAL + "\n[gateway]\nport = 70000\n", "gateway.port"),
+        (MINIMAL + "\n[bogus]\n", "bogus"),
+        (MINIMAL.replace('scheme = "jiko"', 'scheme = "nope"'), "sources.jiko.scheme"),
+        (MINIMAL.replace('scheme = "jiko"\n', ""), "sources.jiko.scheme"),
+        (MINIMAL.replace("JIKO_WEBHOOK_SECRET", "UNSET_SECRET_VAR"), "sources.jiko.secrets"),
+        (MINIMAL + 'colour = "red"\n', "sources.jiko.colour"),
+        (MINIMAL + "success_status = 500\n", "sources.jiko.success_status"),
+        (MINIMAL + "body_limit = 0\n", "sources.jiko.body_limit"),
+        (MINIMAL + '[sources.jiko.select]\nid = "a..b["\n', "sources.jiko.select.id"),
+        (MINIMAL + "[sources.jiko.select]\nwhat = 'x'\n", "sources.jiko.select.what"),
+        (MINIMAL.replace('"bootstrap.servers" = "127.0.0.1:9092"', ""), "kafka.bootstrap.servers"),
+        (MINIMAL + '\n[sources.Bad]\nscheme = "jiko"\n', "sources.Bad"),
+        (MINIMAL + '\n[sources.open]\nscheme = "none"\n', "sources.open.scheme"),
+        (MINIMAL + '\n[sinks.x]\ntype = "log"\nproviders = []\n', "sinks.x.providers"),
+        (
+            MINIMAL + '\n[sinks.x]\ntype = "log"\n[sinks.x.retry]\nmax_attempts = 0\n',
+            "sinks.x.retry.max_attempts",
+        ),
+        (MINIMAL + '\n[bridge]\nlog_level = "loud"\n', "bridge.log_level"),
+    ],
+)
+def test_invalid_config_names_the_key(toml_text: str, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        settings_from_toml(toml_text)
+    assert info.value.key == key
+    message = str(info.value)
+    assert message.startswith(f"config error: {key}: ")
+    assert "\n" not in message
+
+
+def test_missing_secret_error_names_variable_not_value() -> None:
+    with pytest.raises(ConfigError) as info:
+        settings_from_toml(MINIMAL, env={})
+    assert "JIKO_WEBHOOK_SECRET" in str(info.value)
+
+
+def test_unknown_key_lists_valid_choices() -> None:
+    with pytest.raises(ConfigError) as info:
+        settings_from_toml(MINIMAL + "\n[gateway]\nprot = 1\n")
+    assert "port" in info.value.problem and "deadline_s" in info.value.problem
+
+
+def test_environment_twins_override_the_file() -> None:
+    env = {
+        **DEMO_ENV,
+        "BRIDGE_GATEWAY_PORT": "9000",
+        "BRIDGE_SOURCES_JIKO_DEADLINE_S": "1.5",
+        "BRIDGE_BRIDGE_TOPIC_PREFIX": "acme",
+        "BRIDGE_KAFKA_BOOTSTRAP_SERVERS": "broker:9093",
+        "BRIDGE_KAFKA_PRODUCER_LINGER_MS": "7",
+        "BRIDGE_SOURCES_JIKO_SELECT_ORDERING_KEY": "payload.card_id",
+    }
+    settings = settings_from_toml(MINIMAL, env)
+    assert settings.gateway.port == 9000
+    assert settings.sources["jiko"].deadline_s == 1.5
+    assert settings.bridge.topic_prefix == "acme"
+    assert settings.kafka["bootstrap.servers"] == "broker:9093"
+    assert settings.producer_config()["linger.ms"] == "7"
+    key_selector = settings.sources["jiko"].selectors.ordering_key
+    assert key_selector is not None and key_selector.text == "payload.card_id"
+
+
+def test_bad_environment_twin_names_the_variable() -> None:
+    with pytest.raises(ConfigError) as info:
+        settings_from_toml(MINIMAL, {**DEMO_ENV, "BRIDGE_GATEWAY_PORT": "eighty"})
+    assert info.value.key == "gateway.port"
+    assert "BRIDGE_GATEWAY_PORT" in info.value.problem
+
+
+def test_librdkafka_keys_pass_through() -> None:
+    text = MINIMAL.replace(
+        '"bootstrap.servers" = "127.0.0.1:9092"',
+        '"bootstrap.servers" = "k:9092"\n"security.protocol" = "SASL_SSL"\n'
+        '"socket.keepalive.enable" = true\n[kafka.consumer]\n"fetch.min.bytes" = 10',
+    )
+    settings = settings_from_toml(text)
+    assert settings.producer_config()["security.protocol"] == "SASL_SSL"
+    assert settings.producer_config()["socket.keepalive.enable"] == "true"
+    assert settings.consumer_config()["fetch.min.bytes"] == "10"
+    assert "fetch.min.bytes" not in settings.producer_config()
+
+
+def test_secret_files_and_rotation(tmp_path: Path) -> None:
+    (tmp_path / "old.secret").write_text("old-secret\n")
+    text = MINIMAL.replace(
+        'secrets = ["JIKO_WEBHOOK_SECRET"]',
+        'secrets = ["JIKO_WEBHOOK_SECRET"]\nsecret_files = ["old.secret"]',
+    )
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    settings = config.load(path, env=DEMO_ENV)
+    assert settings.sources["jiko"].key_ids == ("JIKO_WEBHOOK_SECRET", "old.secret")
+    assert "old-secret" not in repr(settings.sources["jiko"])
+
+
+def test_unreadable_secret_file_is_named(tmp_path: Path) -> None:
+    text = MINIMAL + 'secret_files = ["missing.secret"]\n'
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        config.load(path, env=DEMO_ENV)
+    assert info.value.key == "sources.jiko.secret_files"
+    assert "missing.secret" in info.value.problem
+
+
+def test_unverified_source_needs_explicit_opt_in() -> None:
+    settings = settings_from_toml(
+        MINIMAL + '\n[sources.open]\nscheme = "none"\nallow_unverified = true\n'
+    )
+    assert settings.sources["open"].allow_unverified
+
+
+def test_missing_file_and_bad_toml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="file not found"):
+        config.load(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[gateway\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        config.load(bad)
+
+
+def test_cli_reports_config_error_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway.cli import main
+
+    path = tmp_path / "c.toml"
+    path.write_text(MINIMAL + "\n[gateway]\nprot = 1\n")
+    assert main(["check-config", "--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("config error: gateway.prot: unknown key")
+    assert len(err.splitlines()) == 1
+
+
+def test_demo_config_is_valid_toml_without_secrets_in_it() -> None:
+    raw = tomllib.loads((REPO / "deploy" / "demo.toml").read_text())
+    for source in raw["sources"].values():
+        for name in source.get("secrets", []):
+            assert name.isupper() and name.endswith("_SECRET")

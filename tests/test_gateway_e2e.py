@@ -1,0 +1,217 @@
+"""The gateway end to end: uvicorn on a free port, real HTTP, the envelope read back from Kafka."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+from gateway.app import create_app
+from gateway.config import Settings
+from gateway.samples import sample_body
+from gateway.topics import ensure_topics, implied_topics, names
+from gateway.verify import sign_request
+from schemas.envelope import header_value
+from schemas.serde import EnvelopeDeserializer
+from tests.conftest import KafkaCluster
+from tests.support import gateway_toml, read_topic, serve, settings_from_toml
+
+pytestmark = pytest.mark.kafka
+
+
+@dataclass
+class Gateway:
+    url: str
+    settings: Settings
+    bootstrap: str
+
+    def signed(self, source: str, body: bytes, **kwargs: str) -> dict[str, str]:
+        src = self.settings.sources[source]
+        headers = sign_request(src.scheme, src.verify_context, body, time.time(), **kwargs)
+        return {"content-type": "application/json", **headers}
+
+    def post(self, source: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
+        return httpx.post(
+            f"{self.url}/webhooks/{source}", content=body, headers=headers, timeout=10
+        )
+
+    def topic(self, provider: str) -> str:
+        return names(self.settings).raw(provider)
+
+
+@pytest.fixture(scope="module")
+def gateway(kafka: KafkaCluster) -> Iterator[Gateway]:
+    prefix = f"e2e-{time.time_ns()}"
+    settings = settings_from_toml(gateway_toml(kafka.bootstrap, prefix))
+    ensure_topics(settings.admin_config(), implied_topics(settings))
+    with serve(create_app(settings)) as url:
+        yield Gateway(url, settings, kafka.bootstrap)
+
+
+def test_health_and_readiness(gateway: Gateway) -> None:
+    assert httpx.get(f"{gateway.url}/healthz").json() == {"status": "ok"}
+    assert httpx.get(f"{gateway.url}/readyz").status_code == 200
+
+
+@pytest.mark.parametrize("source", ["jiko", "fintoc", "justwallet"])
+def test_verified_webhook_becomes_an_envelope_in_kafka(gateway: Gateway, source: str) -> None:
+    scheme = gateway.settings.sources[source].scheme
+    body = sample_body(scheme, event_id=f"evt_{source}_{time.time_ns()}", now=time.time())
+    response = gateway.post(source, body, gateway.signed(source, body))
+    expected_status = gateway.settings.sources[source].success_status
+    assert response.status_code == expected_status
+    answer = response.json()
+    assert answer["status"] == "accepted"
+    event_id = answer["event_id"]
+    assert response.headers["x-request-id"] == answer["request_id"]
+
+    records = [
+        m
+        for m in read_topic(gateway.bootstrap, gateway.topic(source), idle_s=2)
+        if m.key() == event_id.encode()
+    ]
+    assert len(records) == 1
+    message = records[0]
+    envelope = EnvelopeDeserializer()(message.value())
+    assert envelope.body == body
+    assert envelope.event_id == event_id
+    assert envelope.source == source and envelope.provider == source
+    assert envelope.verification.scheme == scheme
+    assert envelope.verification.key_id == gateway.settings.sources[source].key_ids[0]
+    assert envelope.request_id == answer["request_id"]
+    headers = message.headers()
+    assert header_value(headers, "ce_id") == event_id.encode()
+    assert header_value(headers, "ce_source") == f"/webhooks/{source}".encode()
+    assert header_value(headers, "ce_type") == envelope.event_type.encode()
+    assert header_value(headers, "ce_subject") == envelope.ordering_key.encode()
+
+
+def test_duplicate_delivery_gets_the_same_answer(gateway: Gateway) -> None:
+    body = sample_body("fintoc", event_id=f"evt_dup_{time.time_ns()}", now=time.time())
+    first = gateway.post("fintoc", body, gateway.signed("fintoc", body))
+    second = gateway.post("fintoc", body, gateway.signed("fintoc", body))
+    assert first.status_code == second.status_code == 200
+    assert first.json()["event_id"] == second.json()["event_id"]
+    copies = [
+        m
+        for m in read_topic(gateway.bootstrap, gateway.topic("fintoc"), idle_s=2)
+        if m.key() == first.json()["event_id"].encode()
+    ]
+    assert len(copies) == 2  # both stored; the compactor drops the second
+    assert len({m.partition() for m in copies}) == 1  # same key, same partition
+
+
+def count(gateway: Gateway, topic: str, marker: bytes) -> int:
+    return sum(
+        1 for m in read_topic(gateway.bootstrap, topic, idle_s=1.5) if marker in (m.value() or b"")
+    )
+
+
+def test_bad_signature_is_401_and_never_published(gateway: Gateway) -> None:
+    marker = f"unverified-{time.time_ns()}".encode()
+    body = sample_body("jiko", event_id=marker.decode(), now=time.time())
+    headers = gateway.signed("jiko", body)
+    tampered = body.replace(b"12.50", b"99.99")
+    response = gateway.post("jiko", tampered, headers)
+    assert response.status_code == 401
+    assert response.json()["reason"] == "bad_signature"
+    missing = gateway.post("jiko", body, {"content-type": "application/json"})
+    assert missing.status_code == 401 and missing.json()["reason"] == "missing_header"
+    assert count(gateway, gateway.topic("jiko"), marker) == 0
+    assert count(gateway, names(gateway.settings).quarantine, marker) == 0
+
+
+def test_unknown_source_is_404_without_a_new_label(gateway: Gateway) -> None:
+    response = httpx.post(f"{gateway.url}/webhooks/evil-{time.time_ns()}", content=b"{}")
+    assert response.status_code == 404
+    metrics = httpx.get(f"{gateway.url}/metrics").text
+    assert "evil-" not in metrics
+    assert 'webhook_bridge_gateway_requests_total{outcome="not_found",source="_unknown"}' in metrics
+
+
+def test_wrong_method_is_405(gateway: Gateway) -> None:
+    response = httpx.get(f"{gateway.url}/webhooks/jiko")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST"
+
+
+def test_too_large_by_declared_length_is_413(gateway: Gateway) -> None:
+    body = b"x" * 5000  # jiko's body_limit is 4096 in this config
+    response = gateway.post("jiko", body, {"content-type": "application/json"})
+    assert response.status_code == 413
+
+
+def test_too_large_streamed_body_is_413_without_reading_it_all(gateway: Gateway) -> None:
+    sent = 0
+
+    def chunks() -> Iterator[bytes]:
+        nonlocal sent
+        for _ in range(2000):  # up to 2 MB offered; the gateway stops after 4 KiB
+            sent += 1024
+            yield b"y" * 1024
+
+    try:
+        response = httpx.post(
+            f"{gateway.url}/webhooks/jiko",
+            content=chunks(),
+            headers={"content-type": "application/json"},
+            timeout=10,
+        )
+        assert response.status_code == 413
+    except httpx.TransportError:
+        pass  # the server may close the connection while we still write: also a refusal
+    assert sent < 2000 * 1024
+
+
+def test_verified_but_malformed_body_is_quarantined_and_acknowledged(gateway: Gateway) -> None:
+    marker = f"q-{time.time_ns()}"
+    body = f'{{"payload": "{marker}", "broken": '.encode()
+    response = gateway.post("jiko", body, gateway.signed("jiko", body))
+    assert response.status_code == 200
+    assert response.json()["status"] == "quarantined"
+    assert response.json()["reason"] == "body is not valid JSON"
+    found = [
+        m
+        for m in read_topic(gateway.bootstrap, names(gateway.settings).quarantine, idle_s=2)
+        if marker.encode() in m.value()
+    ]
+    assert len(found) == 1
+    assert header_value(found[0].headers(), "x-quarantine-reason") == b"body is not valid JSON"
+    assert EnvelopeDeserializer()(found[0].value()).body == body
+
+
+def test_metrics_record_outcomes_and_matched_key(gateway: Gateway) -> None:
+    body = sample_body("fintoc", now=time.time())
+    assert gateway.post("fintoc", body, gateway.signed("fintoc", body)).status_code == 200
+    metrics = httpx.get(f"{gateway.url}/metrics").text
+    assert (
+        'webhook_bridge_gateway_verified_total{key_id="FINTOC_WEBHOOK_SECRET",mode="",'
+        'scheme="fintoc",source="fintoc"}'
+    ) in metrics
+    assert "webhook_bridge_gateway_publish_duration_seconds_bucket" in metrics
+    assert 'webhook_bridge_gateway_deadline_seconds{source="fintoc"} 1.0' in metrics
+
+
+def test_send_command_posts_a_signed_webhook(
+    gateway: Gateway,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from gateway.cli import main
+    from tests.support import DEMO_ENV, write_file
+
+    for key, value in DEMO_ENV.items():
+        monkeypatch.setenv(key, value)
+    config = write_file(
+        tmp_path / "c.toml",  # type: ignore[operator]
+        gateway_toml(gateway.bootstrap, gateway.settings.bridge.topic_prefix),
+    )
+    assert main(["send", "fintoc", "--config", str(config), "--url", gateway.url]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("200 ")
+    assert json.loads(line[4:])["status"] == "accepted"

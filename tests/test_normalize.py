@@ -1,0 +1,157 @@
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from gateway.normalize import body_hash, normalize, parse_time
+from gateway.verify.base import InboundRequest, VerifiedRequest
+from tests.support import gateway_toml, settings_from_toml
+
+SETTINGS = settings_from_toml(
+    gateway_toml("k:9092", "t")
+    + """
+[sources.jpmorgan]
+scheme = "jpmorgan"
+[sources.jpmorgan.verify]
+methods = ["static-headers"]
+static_headers = { "X-Custom-Key" = "JPMORGAN_WEBHOOK_SECRET" }
+"""
+)
+RECEIVED = 1_700_000_000_000_000
+
+
+def envelope_for(
+    source: str, document: Any, headers: dict[str, str] | None = None, raw: bytes | None = None
+) -> Any:
+    body = raw if raw is not None else json.dumps(document).encode()
+    verified = VerifiedRequest(
+        InboundRequest(headers or {"content-type": "application/json"}, body),
+        scheme=SETTINGS.sources[source].scheme,
+        key_id="K",
+    )
+    return normalize(SETTINGS.sources[source], verified, received_at_us=RECEIVED, request_id="r1")
+
+
+def test_jiko_document_defaults() -> None:
+    env = envelope_for(
+        "jiko",
+        {
+            "event_type": "card.transaction.approved",
+            "payload": {"card_id": "c1", "created_at": "2024-02-09T12:08:43Z"},
+        },
+    )
+    assert env.event_type == "card.transaction.approved"
+    assert env.event_id_origin == "BODY_HASH" and env.event_id.startswith("sha256:")
+    assert env.ordering_key == "c1"
+    assert env.occurred_at == 1_707_480_523_000_000 and env.occurred_at_origin == "PAYLOAD"
+    assert env.quarantine_reason is None
+    assert env.verification.key_id == "K"
+
+
+def test_justwallet_literal_dotted_type_key_and_payout_ordering() -> None:
+    env = envelope_for(
+        "justwallet",
+        {
+            "event.type": "payout",
+            "data": {"id": "po_1", "updated_at": "2024-02-09T12:08:43.000000Z"},
+        },
+    )
+    assert env.event_type == "payout"
+    assert env.ordering_key == "po_1"
+    assert env.event_id_origin == "BODY_HASH"  # data.id is the payout, not the event
+
+
+def test_fintoc_uses_provider_id() -> None:
+    env = envelope_for(
+        "fintoc", {"id": "evt_1", "type": "link.credentials_changed", "data": {"id": "link_9"}}
+    )
+    assert (env.event_id, env.event_id_origin) == ("evt_1", "PAYLOAD")
+    assert env.ordering_key == "link_9"
+    assert env.occurred_at == RECEIVED and env.occurred_at_origin == "RECEIVED"
+
+
+def test_jpmorgan_event_id() -> None:
+    env = envelope_for(
+        "jpmorgan", {"eventId": 42, "eventType": "ACCOUNT_CREATED", "resourceId": "acc-1"}
+    )
+    assert env.event_id == "42" and env.event_type == "ACCOUNT_CREATED"
+    assert env.ordering_key == "acc-1"
+
+
+def test_same_event_resent_with_other_whitespace_and_key_order_has_same_id() -> None:
+    a = envelope_for("jiko", None, raw=b'{"event_type":"x","payload":{"a":1,"b":2}}')
+    b = envelope_for("jiko", None, raw=b'{ "payload": {"b": 2, "a": 1},\n "event_type": "x" }')
+    c = envelope_for("jiko", None, raw=b'{"event_type":"x","payload":{"a":1,"b":3}}')
+    assert a.event_id == b.event_id != c.event_id
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"\xff\xfe not utf-8", "body is not valid UTF-8"),
+        (b"{not json", "body is not valid JSON"),
+        (b"[" * 100_000 + b"]" * 100_000, "body is not valid JSON"),
+        (b'{"payload": {}}', "no event type at event_type"),
+        (b'["event_type"]', "no event type at event_type"),
+        (b'{"event_type": {"nested": 1}}', "no event type at event_type"),
+    ],
+)
+def test_unusable_verified_body_is_quarantined_not_lost(raw: bytes, reason: str) -> None:
+    env = envelope_for("jiko", None, raw=raw)
+    assert env.quarantine_reason == reason
+    assert env.body == raw
+    assert env.event_id.startswith("sha256:")
+
+
+def test_headers_are_allow_listed() -> None:
+    env = envelope_for(
+        "fintoc",
+        {"id": "e", "type": "t"},
+        headers={
+            "content-type": "application/json",
+            "authorization": "Bearer x",
+            "cookie": "c=1",
+            "fintoc-signature": "t=1,v1=ab",
+            "user-agent": "ua",
+        },
+    )
+    assert env.headers == {"content-type": "application/json", "user-agent": "ua"}
+
+
+def test_key_falls_back_to_provider() -> None:
+    env = envelope_for("fintoc", {"id": "e", "type": "t"})
+    assert env.ordering_key == "fintoc"
+
+
+@pytest.mark.parametrize(
+    ("value", "micros"),
+    [
+        ("2024-02-09T12:08:43.000000Z", 1_707_480_523_000_000),
+        ("2024-02-09T12:08:43.123456789Z", 1_707_480_523_123_456),
+        ("2024-02-09T13:08:43+01:00", 1_707_480_523_000_000),
+        ("2024-02-09T12:08:43", 1_707_480_523_000_000),
+        (1_707_480_523, 1_707_480_523_000_000),
+        (1_707_480_523.5, 1_707_480_523_500_000),
+        ("1707480523", 1_707_480_523_000_000),
+        (1_707_480_523_000, 1_707_480_523_000_000),
+        (1_707_480_523_000_000, 1_707_480_523_000_000),
+        (1_707_480_523_000_000_000, 1_707_480_523_000_000),
+    ],
+)
+def test_parse_time(value: Any, micros: int) -> None:
+    assert parse_time(value) == micros
+
+
+@pytest.mark.parametrize(
+    "value", ["yesterday", True, None, float("nan"), -5, "9999-01-01T00:00:00Z", {"a": 1}]
+)
+def test_unparseable_time_is_none(value: Any) -> None:
+    assert parse_time(value) is None
+
+
+def test_body_hash_of_non_json_is_raw_hash() -> None:
+    import hashlib
+
+    assert body_hash(None, b"abc") == "sha256:" + hashlib.sha256(b"abc").hexdigest()
