@@ -1,0 +1,244 @@
+"""Gateway benchmark: full path (verify, parse, Avro, produce, wait for the ack) against a
+bare Starlette endpoint that only checks the same HMAC (the ceiling).
+
+Each server is pinned to core 0; wrk (64 connections, one thread) and the embedded
+broker share core 1. Bodies are Jiko-like, about 600 bytes, each unique and signed
+beforehand (Jiko has no event id, so the id is the body hash: unique bodies, unique
+ids). Afterwards every acknowledged id must be in Kafka: the topic must hold at
+least as many distinct keys as wrk counted 2xx answers.
+
+    python -m tests.bench.bench_gateway [--duration 15] [--connections 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from gateway.broker import EmbeddedBroker, free_port
+from gateway.config import load
+from gateway.topics import ensure_topics, implied_topics, names
+from tests.bench.common import REPO, machine, pinned, python, stop, table, wait_http
+from tests.support import read_topic
+
+SERVER_CORE, LOAD_CORE = 0, 1
+LUA = os.path.join(REPO, "tests", "bench", "signed_requests.lua")
+
+
+def jiko_body(index: int) -> bytes:
+    document = {
+        "event_type": "card.transaction.approved",
+        "payload": {
+            "id": f"txn_{uuid.uuid4().hex}",
+            "card_id": f"card_{index % 500:05d}",
+            "application_id": f"app_{index % 97:04d}",
+            "amount": "1250.00",
+            "currency": "USD",
+            "merchant": {
+                "name": "ACME Coffee Roasters",
+                "mcc": "5814",
+                "city": "New York",
+                "country": "US",
+            },
+            "status": "approved",
+            "network": "visa",
+            "created_at": "2026-11-23T10:00:00.000000Z",
+            "metadata": {
+                "reference": uuid.uuid4().hex,
+                "channel": "card_present",
+                "note": "benchmark payload padded to the size of a real event",
+            },
+        },
+    }
+    return json.dumps(document, separators=(",", ":")).encode()
+
+
+def write_requests(path: Path, count: int, secret: bytes) -> int:
+    size = 0
+    with path.open("wb") as out:
+        for i in range(count):
+            body = jiko_body(i)
+            size += len(body)
+            sig = base64.b64encode(hmac.new(secret, body, hashlib.sha256).digest())
+            out.write(sig + b"\t" + body + b"\n")
+    return size // count
+
+
+def run_wrk(url: str, requests_file: Path, duration_s: int, connections: int) -> dict[str, float]:
+    out = subprocess.run(
+        [
+            "taskset",
+            "-c",
+            str(LOAD_CORE),
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{duration_s}s",
+            "--timeout",
+            "10s",
+            "-s",
+            LUA,
+            url,
+            "--",
+            str(requests_file),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    match = re.search(
+        r"BENCH requests=(\d+) non2xx=(\d+) errors=(\d+) p50_us=(\d+) "
+        r"p99_us=(\d+)",
+        out,
+    )
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if match is None or rps is None:
+        raise RuntimeError(f"cannot parse wrk output:\n{out}")
+    requests, non2xx, errors, p50, p99 = (int(g) for g in match.groups())
+    return {
+        "rps": float(rps.group(1)),
+        "requests": requests,
+        "non2xx": non2xx,
+        "errors": errors,
+        "p50_ms": p50 / 1000,
+        "p99_ms": p99 / 1000,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--duration", type=int, default=15)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--bodies", type=int, default=250_000)
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed (make bench installs it: apt-get install wrk)")
+    secret = secrets.token_urlsafe(24)
+    os.environ["JIKO_WEBHOOK_SECRET"] = secret
+    work = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
+    broker = EmbeddedBroker()
+    broker.start()
+    assert broker.pid is not None
+    os.sched_setaffinity(broker.pid, {LOAD_CORE})
+    gateway_port, ceiling_port = free_port(), free_port()
+    prefix = f"bench{int(time.time())}"
+    config = work / "bench.toml"
+    config.write_text(f"""
+[bridge]
+topic_prefix = "{prefix}"
+log_level = "warning"
+[kafka]
+"bootstrap.servers" = "{broker.bootstrap}"
+[topics]
+partitions = 3
+[gateway]
+port = {gateway_port}
+[sources.jiko]
+scheme = "jiko"
+secrets = ["JIKO_WEBHOOK_SECRET"]
+""")
+    settings = load(config)
+    ensure_topics(settings.admin_config(), implied_topics(settings))
+    warmup, measured = work / "warmup.txt", work / "requests.txt"
+    write_requests(warmup, 20_000, secret.encode())
+    body_size = write_requests(measured, args.bodies, secret.encode())
+    results: dict[str, dict[str, float]] = {}
+    try:
+        for name, argv, port in (
+            (
+                "ceiling: bare Starlette + HMAC",
+                python(
+                    "-m",
+                    "uvicorn",
+                    "tests.bench.ceiling_app:app",
+                    "--port",
+                    str(ceiling_port),
+                    "--loop",
+                    "uvloop",
+                    "--http",
+                    "httptools",
+                    "--log-level",
+                    "warning",
+                    "--no-access-log",
+                ),
+                ceiling_port,
+            ),
+            (
+                "gateway: full path to Kafka ack",
+                python("-m", "gateway.cli", "gateway", "--config", str(config)),
+                gateway_port,
+            ),
+        ):
+            server = pinned(SERVER_CORE, argv)
+            try:
+                base = f"http://127.0.0.1:{port}"
+                url = f"{base}/webhooks/jiko"
+                wait_http(
+                    f"{base}/healthz" if "gateway" in name else base, 30
+                ) if "gateway" in name else time.sleep(2)
+                run_wrk(url, warmup, 3, args.connections)
+                results[name] = run_wrk(url, measured, args.duration, args.connections)
+            finally:
+                stop(server)
+        gateway = results["gateway: full path to Kafka ack"]
+        acknowledged = gateway["requests"] - gateway["non2xx"]
+        keys = {
+            m.key()
+            for m in read_topic(
+                broker.bootstrap, names(settings).raw("jiko"), idle_s=3, timeout_s=600
+            )
+        }
+    finally:
+        broker.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    ceiling = results["ceiling: bare Starlette + HMAC"]
+    rows = [
+        (
+            name,
+            f"{r['rps']:.0f}",
+            f"{r['p50_ms']:.1f}",
+            f"{r['p99_ms']:.1f}",
+            int(r["non2xx"]),
+            int(r["errors"]),
+        )
+        for name, r in results.items()
+    ]
+    print(
+        table(
+            f"Gateway ({machine()}; {args.connections} connections, {args.duration}s, "
+            f"~{body_size} B signed Jiko bodies; server on core {SERVER_CORE}, wrk and "
+            f"broker on core {LOAD_CORE})",
+            ["target", "req/s", "p50 ms", "p99 ms", "non-2xx", "socket errors"],
+            rows,
+        )
+    )
+    ratio = gateway["rps"] / ceiling["rps"]
+    print(
+        f"\ngateway / ceiling = {ratio:.2f} (goal >= 0.85); gateway p99 "
+        f"{gateway['p99_ms']:.1f} ms (goal <= 30 ms)"
+    )
+    print(
+        f"acknowledged (2xx): {acknowledged:.0f}; distinct event ids in Kafka: {len(keys)} -> "
+        + (
+            "every acknowledged id is in Kafka"
+            if len(keys) >= acknowledged
+            else "MISSING ACKNOWLEDGED EVENTS"
+        )
+    )
+    return 0 if len(keys) >= acknowledged else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
