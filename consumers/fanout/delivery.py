@@ -1,0 +1,186 @@
+"""One event through one sink: attempts, backoff, breaker, and the dead-letter queue.
+
+Shared by the fan-out runner and `replay`. The sink only classifies one attempt
+(`DeliveryResult`); this module turns attempts into an `Outcome`:
+
+- ``ok``: delivered;
+- ``rejected``: the sink refused it (e.g. HTTP 410): no retry;
+- ``budget_exhausted``: retryable failures until `max_attempts` or `max_elapsed_s`;
+- ``undecodable``: not an envelope (set by the runner, never reaches a sink).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from consumers.fanout.metrics import FanoutMetrics
+from consumers.fanout.policy import Breaker, Budget, retry_delay_s
+from consumers.sinks.base import DeliveryResult, Event, Sink, SinkError
+from gateway import logs
+from gateway.config import RetrySettings
+from schemas.envelope import KafkaHeaders
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    reason: str  # "ok" | "rejected" | "budget_exhausted" | "undecodable"
+    status: int | None = None
+    attempts: int = 0
+    detail: str = ""
+
+    @property
+    def delivered(self) -> bool:
+        return self.reason == "ok"
+
+
+class Deliverer:
+    def __init__(
+        self,
+        sink: Sink,
+        retry: RetrySettings,
+        breaker: Breaker,
+        concurrency: int,
+        metrics: FanoutMetrics | None = None,
+        sleep: Callable[[float], Any] = asyncio.sleep,
+    ) -> None:
+        self.sink = sink
+        self.retry = retry
+        self.breaker = breaker
+        self.slots = asyncio.Semaphore(concurrency)
+        self.sleep = sleep
+        name = sink.name
+        self._retries = metrics.retries.labels(name) if metrics else None
+        self._duration = metrics.duration.labels(name) if metrics else None
+        self._age = metrics.age.labels(name) if metrics else None
+
+    async def deliver(self, event: Event) -> Outcome:
+        budget = Budget(self.retry)
+        while True:
+            result = await self._attempt(event)
+            budget.attempts += 1
+            if result.outcome == "ok":
+                if self._age is not None:
+                    self._age.observe(max(0.0, time.time() - event.envelope.received_at / 1e6))
+                return Outcome("ok", result.status, budget.attempts)
+            if result.outcome == "reject":
+                return Outcome("rejected", result.status, budget.attempts, result.reason)
+            delay = retry_delay_s(self.retry, budget.attempts, result.retry_after_s)
+            if not budget.allows_another(delay):
+                return Outcome("budget_exhausted", result.status, budget.attempts, result.reason)
+            if self._retries is not None:
+                self._retries.inc()
+            logs.debug(
+                "retrying",
+                sink=self.sink.name,
+                event_id=event.event_id,
+                attempt=budget.attempts,
+                reason=result.reason,
+                delay_s=round(delay, 3),
+            )
+            await self.sleep(delay)
+
+    async def _attempt(self, event: Event) -> DeliveryResult:
+        probe = await self.breaker.acquire()
+        recorded = False
+        try:
+            async with self.slots:
+                started = time.perf_counter()
+                try:
+                    result = await self.sink.deliver(event)
+                except (SinkError, asyncio.CancelledError):
+                    raise
+                except Exception as exc:  # a sink's bug must not lose the event: retry it
+                    logs.error(
+                        "sink raised",
+                        sink=self.sink.name,
+                        event_id=event.event_id,
+                        error=type(exc).__name__,
+                    )
+                    result = DeliveryResult.retry(f"sink raised {type(exc).__name__}")
+                if self._duration is not None:
+                    self._duration.observe(time.perf_counter() - started)
+            self.breaker.record(result.outcome != "retry", probe)
+            recorded = True
+            return result
+        finally:
+            if probe and not recorded:
+                self.breaker.abandon_probe()
+
+
+class DeadLetters:
+    """Writes given-up events to ``<prefix>.dlq.<sink>``: same key and value, reason headers."""
+
+    def __init__(self, producer_config: dict[str, Any], topic: str, sink: str) -> None:
+        from confluent_kafka import Producer
+
+        self.topic = topic
+        self.sink = sink
+        self._producer = Producer(
+            {
+                **producer_config,
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": 5,
+            }
+        )
+
+    async def send(
+        self,
+        *,
+        value: bytes,
+        key: bytes | None,
+        headers: KafkaHeaders,
+        topic: str,
+        partition: int,
+        offset: int,
+        outcome: Outcome,
+    ) -> None:
+        """Returns once the broker acknowledged; retries a failed produce until it succeeds."""
+        dlq_headers: list[tuple[str, str | bytes | None]] = [
+            (k, v) for k, v in headers if k not in ("content-type",) and v is not None
+        ]
+        dlq_headers += [
+            ("x-dlq-reason", outcome.reason.encode()),
+            ("x-dlq-last-status", str(outcome.status or "").encode()),
+            ("x-dlq-attempts", str(outcome.attempts).encode()),
+            ("x-dlq-sink", self.sink.encode()),
+            ("x-dlq-detail", outcome.detail[:200].encode()),
+            ("x-dlq-topic", topic.encode()),
+            ("x-dlq-partition", str(partition).encode()),
+            ("x-dlq-offset", str(offset).encode()),
+            ("content-type", b"application/avro"),
+        ]
+        pause = 0.1
+        while True:
+            errors: list[Any] = []
+            done = asyncio.Event()
+
+            def on_delivery(
+                err: Any, _msg: Any, errors: list[Any] = errors, done: asyncio.Event = done
+            ) -> None:
+                errors.append(err)
+                done.set()
+
+            try:
+                self._producer.produce(
+                    self.topic, value=value, key=key, headers=dlq_headers, on_delivery=on_delivery
+                )
+            except BufferError:
+                errors.append("queue full")
+                done.set()
+            while not done.is_set():
+                self._producer.poll(0)
+                if not done.is_set():
+                    await asyncio.sleep(0.002)
+            if errors[0] is None:
+                return
+            logs.error("dlq produce failed", sink=self.sink, topic=self.topic, error=str(errors[0]))
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 5.0)
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        self._producer.flush(timeout_s)

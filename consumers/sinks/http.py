@@ -1,0 +1,109 @@
+"""``type = "http"``: POST the provider's original body, signed (Standard Webhooks).
+
+Options (``[sinks.<name>]``):
+
+- ``url`` (required): http(s) URL to POST to.
+- ``secret`` (required): name of the environment variable holding ``whsec_<base64>``.
+- ``timeout_s`` (10): whole-request timeout; ``connect_timeout_s`` (5).
+- ``max_connections`` (100): connection pool size (keep-alive, one pool per sink).
+
+Outcome: 2xx ok; 408, 429, 5xx, network errors and timeouts are retried (with
+``Retry-After`` honoured); any other status is a rejection (DLQ at once).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from urllib.parse import urlsplit
+
+import httpx
+
+from consumers.fanout.policy import parse_retry_after
+from consumers.sinks import signing
+from consumers.sinks.base import DeliveryResult, Event, Sink, SinkContext, int_option
+from gateway.config import SinkSettings
+from gateway.verify.common import Options
+from schemas.envelope import micros_to_iso
+
+RETRYABLE_STATUS = frozenset({408, 429})
+
+
+class HttpSink(Sink):
+    OPTIONS = ("url", "secret", "timeout_s", "connect_timeout_s", "max_connections")
+
+    def __init__(self, settings: SinkSettings, context: SinkContext) -> None:
+        super().__init__(settings, context)
+        url, key, timeout, connect, pool = _parse(self.options, context.env)
+        self.url = url
+        self._key = key
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout, connect=connect),
+            limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool),
+            follow_redirects=False,
+            trust_env=False,
+        )
+
+    @classmethod
+    def validate(cls, settings: SinkSettings, env: Mapping[str, str]) -> None:
+        _parse(cls.options_for(settings), env)
+
+    def headers(self, event: Event, now: float) -> dict[str, str]:
+        env = event.envelope
+        timestamp = int(now)
+        return {
+            "content-type": env.content_type or "application/octet-stream",
+            "webhook-id": env.event_id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": signing.signature(self._key, env.event_id, timestamp, env.body),
+            "x-webhook-provider": env.provider,
+            "x-webhook-event-type": env.event_type,
+            "x-webhook-occurred-at": micros_to_iso(env.occurred_at),
+        }
+
+    async def deliver(self, event: Event) -> DeliveryResult:
+        try:
+            response = await self._client.post(
+                self.url, content=event.envelope.body, headers=self.headers(event, time.time())
+            )
+            await response.aclose()
+        except httpx.TimeoutException:
+            return DeliveryResult.retry("timeout")
+        except httpx.HTTPError as exc:
+            return DeliveryResult.retry(f"network: {type(exc).__name__}")
+        status = response.status_code
+        if 200 <= status < 300:
+            return DeliveryResult.ok(status)
+        if status in RETRYABLE_STATUS or status >= 500:
+            retry_after = parse_retry_after(response.headers.get("retry-after"), time.time())
+            return DeliveryResult.retry(f"status {status}", status, retry_after)
+        return DeliveryResult.reject(f"status {status}", status)
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+def _parse(opts: Options, env: Mapping[str, str]) -> tuple[str, bytes, float, float, int]:
+    url = opts.opt_text("url")
+    if not url:
+        raise opts.fail("url", "required: the http(s) URL to POST events to")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise opts.fail("url", "must be an absolute http:// or https:// URL")
+    var = opts.opt_text("secret")
+    if not var:
+        raise opts.fail("secret", "required: the environment variable holding whsec_<base64>")
+    value = env.get(var)
+    if not value:
+        raise opts.fail("secret", f"environment variable {var} is not set")
+    try:
+        key = signing.decode_secret(value)
+    except ValueError as exc:
+        raise opts.fail("secret", f"environment variable {var}: {exc}") from None
+    return (
+        url,
+        key,
+        opts.number("timeout_s", 10.0),
+        opts.number("connect_timeout_s", 5.0),
+        int_option(opts, "max_connections", 100),
+    )

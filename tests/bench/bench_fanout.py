@@ -1,0 +1,350 @@
+"""Fan-out throughput and latency: `python -m tests.bench.bench_fanout [--events N]`.
+
+Runs a real `webhook-bridge fanout` process pinned to CPU 0 and a minimal HTTP
+receiver (uvicorn + httptools, answers 200 at once) pinned to CPU 1, against the
+embedded broker (or KAFKA_BOOTSTRAP_SERVERS). Two measurements per sink type:
+
+- backlog: N events already in `.ordered`, drained; deliveries/s between the first
+  and the last delivery (HTTP: receiver clock; kafka: output record timestamps);
+- paced: `--rate` events/s for `--seconds`; latency from the producer's send time
+  to the receiver (HTTP) or to the output record's CreateTime (kafka), p50/p99.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+SECRET = "whsec_YmVuY2gtc2lnbmluZy1rZXktMzItYnl0ZXMtbG9uZyE="
+
+
+# ------------------------------------------------------------------ the receiver
+
+
+def serve(port: int) -> None:
+    import uvicorn
+
+    stats: dict[str, Any] = {"count": 0, "first": 0.0, "last": 0.0, "lat": []}
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        more = True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        if scope["method"] == "GET":
+            payload = json.dumps(stats).encode()
+            stats.update(count=0, first=0.0, last=0.0, lat=[])
+        else:
+            now = time.time()
+            stats["count"] += 1
+            stats["first"] = stats["first"] or now
+            stats["last"] = now
+            if b'"sent"' in body:
+                stats["lat"].append(now - json.loads(body)["sent"])
+            payload = b"ok"
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-length", str(len(payload)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": payload})
+
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        access_log=False,
+        http="httptools",
+        loop="uvloop",
+        lifespan="off",
+    )
+
+
+def stats(port: int) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=10) as resp:
+        data: dict[str, Any] = json.loads(resp.read())
+        return data
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def pinned(cpu: int) -> Any:
+    def pin() -> None:
+        if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > cpu:
+            os.sched_setaffinity(0, {cpu})
+
+    return pin
+
+
+def envelopes(n: int, start: int, paced: bool) -> Any:
+    from schemas.envelope import Envelope, Verification
+
+    now = int(time.time() * 1e6)
+    for i in range(start, start + n):
+        body = {"id": f"b{i}", "amount": i, "note": "x" * 200}
+        if paced:
+            body["sent"] = time.time()
+        yield Envelope(
+            event_id=f"b{i}",
+            event_id_origin="PAYLOAD",
+            provider="bench",
+            source="bench",
+            event_type="payment.created",
+            occurred_at=now,
+            occurred_at_origin="PAYLOAD",
+            received_at=now,
+            ordering_key=f"k{i % 500}",
+            content_type="application/json",
+            body=json.dumps(body).encode(),
+            headers={},
+            verification=Verification("none"),
+            request_id="r",
+        )
+
+
+def produce(bootstrap: str, topic: str, n: int, start: int, rate: float = 0.0) -> None:
+    from confluent_kafka import Producer
+
+    from schemas.envelope import ce_headers
+    from schemas.serde import EnvelopeSerializer
+
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1 if rate else 20})
+    serialize = EnvelopeSerializer()
+    t0 = time.monotonic()
+    for k, env in enumerate(envelopes(n, start, paced=bool(rate))):
+        if rate:
+            delay = t0 + k / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        while True:
+            try:
+                producer.produce(
+                    topic,
+                    key=env.ordering_key.encode(),
+                    value=serialize(env, topic),
+                    headers=list[tuple[str, str | bytes | None]](ce_headers(env)),
+                )
+                break
+            except BufferError:
+                producer.poll(0.05)
+        producer.poll(0)
+    producer.flush(60)
+
+
+def write_config(path: Path, bootstrap: str, prefix: str, port: int) -> None:
+    path.write_text(
+        f"""
+[bridge]
+topic_prefix = "{prefix}"
+log_level = "warning"
+[kafka]
+"bootstrap.servers" = "{bootstrap}"
+[kafka.consumer]
+"session.timeout.ms" = "6000"
+"heartbeat.interval.ms" = "500"
+[topics]
+partitions = 6
+[sources.bench]
+scheme = "none"
+allow_unverified = true
+[sinks.http]
+type = "http"
+url = "http://127.0.0.1:{port}/events"
+secret = "BENCH_SECRET"
+concurrency = 64
+max_in_flight = 5000
+[sinks.kafka]
+type = "kafka"
+topic = "{prefix}-out"
+max_in_flight = 5000
+""",
+        encoding="utf-8",
+    )
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def consume_out(bootstrap: str, topic: str, expected: int, timeout_s: float) -> list[Any]:
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": "bench-reader", "enable.auto.commit": False}
+    )
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
+            if meta is not None and meta.error is None and meta.partitions:
+                break
+            if time.monotonic() > deadline:
+                return []
+            time.sleep(0.2)
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions])
+        out: list[Any] = []
+        while len(out) < expected and time.monotonic() < deadline:
+            out += [m for m in consumer.consume(1000, 0.5) if m.error() is None]
+        return out
+    finally:
+        consumer.close()
+
+
+# ------------------------------------------------------------------ main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--rate", type=float, default=1000.0)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve:
+        serve(args.serve)
+        return 0
+    sys.path.insert(0, str(REPO))
+    from gateway.broker import EmbeddedBroker, free_port
+    from gateway.topics import TopicSpec, ensure_topics
+
+    broker = None
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if not bootstrap:
+        broker = EmbeddedBroker()
+        bootstrap = broker.start()
+    port = free_port()
+    prefix = f"bench{int(time.time())}"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "BENCH_SECRET": SECRET}
+    procs: list[subprocess.Popen[bytes]] = []
+    rows: list[tuple[str, str, str, str]] = []
+    try:
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "tests.bench.bench_fanout", "--serve", str(port)],
+                cwd=REPO,
+                env=env,
+                preexec_fn=pinned(1),
+            )
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                stats(port)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        for sink in ("http", "kafka"):
+            with tempfile.TemporaryDirectory() as tmp:
+                config = Path(tmp) / "bench.toml"
+                write_config(config, bootstrap, f"{prefix}{sink}", port)
+                topic = f"{prefix}{sink}.bench.ordered"
+                ensure_topics({"bootstrap.servers": bootstrap}, [TopicSpec(topic, 6, 1)])
+                produce(bootstrap, topic, args.events, 0)
+                if sink == "http":
+                    stats(port)  # reset
+                fan = subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "gateway.cli",
+                        "fanout",
+                        "--config",
+                        str(config),
+                        "--sink",
+                        sink,
+                        "--metrics-port",
+                        "0",
+                    ],
+                    cwd=REPO,
+                    env=env,
+                    preexec_fn=pinned(0),
+                )
+                procs.append(fan)
+                started = time.monotonic()
+                rows.append(measure(sink, bootstrap, port, topic, f"{prefix}{sink}-out", args))
+                print(f"{sink}: {rows[-1]} in {time.monotonic() - started:.0f} s", flush=True)
+                fan.terminate()
+                fan.wait(30)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        if broker is not None:
+            broker.stop()
+    print(
+        f"\nfan-out benchmark ({args.events} events backlog; paced {args.rate:.0f}/s for "
+        f"{args.seconds:.0f} s; fan-out pinned to CPU 0, receiver to CPU 1)"
+    )
+    print(f"{'sink':<8}{'backlog deliveries/s':>22}{'paced p50 ms':>15}{'paced p99 ms':>15}")
+    for row in rows:
+        print(f"{row[0]:<8}{row[1]:>22}{row[2]:>15}{row[3]:>15}")
+    return 0
+
+
+def measure(
+    sink: str, bootstrap: str, port: int, topic: str, out_topic: str, args: argparse.Namespace
+) -> tuple[str, str, str, str]:
+    n = args.events
+    paced_n = int(args.rate * args.seconds)
+    if sink == "http":
+        deadline = time.monotonic() + 300
+        total, first, last = 0, 0.0, 0.0
+        while total < n and time.monotonic() < deadline:
+            time.sleep(1.0)
+            s = stats(port)
+            total += s["count"]
+            first = first or s["first"]
+            last = s["last"] or last
+        rate = (total - 1) / (last - first) if last > first else 0.0
+        produce(bootstrap, topic, paced_n, n, rate=args.rate)
+        time.sleep(2.0)
+        lat = stats(port)["lat"]
+    else:
+        records = consume_out(bootstrap, out_topic, n, 300)
+        stamps = sorted(m.timestamp()[1] for m in records)
+        rate = (len(stamps) - 1) / ((stamps[-1] - stamps[0]) / 1000) if len(stamps) > 1 else 0
+        produce(bootstrap, topic, paced_n, n, rate=args.rate)
+        sent = [
+            (m.timestamp()[1] / 1000, json.loads(_body(m.value())).get("sent"))
+            for m in consume_out(bootstrap, out_topic, n + paced_n, 120)
+        ]
+        lat = [at - t for at, t in sent if t is not None]
+    return (
+        sink,
+        f"{rate:,.0f}",
+        f"{percentile(lat, 0.5) * 1000:.1f}",
+        f"{percentile(lat, 0.99) * 1000:.1f}",
+    )
+
+
+def _body(value: bytes) -> bytes:
+    from schemas.serde import EnvelopeDeserializer
+
+    return EnvelopeDeserializer()(value).body
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,180 @@
+"""Pure delivery policy: routing globs, backoff with full jitter, Retry-After, budget, breaker."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+
+import pytest
+
+from consumers.fanout.policy import (
+    Breaker,
+    Budget,
+    Route,
+    RunnerOptions,
+    backoff_s,
+    parse_retry_after,
+    retry_delay_s,
+)
+from consumers.fanout.tracker import OffsetTracker, PartitionTracker
+from gateway.config import RetrySettings, SinkSettings
+from gateway.errors import ConfigError
+
+RETRY = RetrySettings(max_attempts=5, initial_backoff_s=0.5, max_backoff_s=4.0, max_elapsed_s=10.0)
+
+
+@pytest.mark.parametrize(
+    ("providers", "types", "provider", "event_type", "wanted"),
+    [
+        (("*",), ("*",), "jiko", "payment.created", True),
+        (("jiko",), ("*",), "fintoc", "payment.created", False),
+        (("j*",), ("payment.*",), "jpmorgan", "payment.created", True),
+        (("j*",), ("payment.*",), "jpmorgan", "refund.created", False),
+        (("stripe", "github"), ("push", "pull_request*"), "github", "pull_request.opened", True),
+        (("*",), ("invoice.[ab]*",), "stripe", "invoice.paid", False),
+        (("*",), ("invoice.[ab]*",), "stripe", "invoice.allocated", True),
+        (("Jiko",), ("*",), "jiko", "x", False),  # case-sensitive, like provider names
+    ],
+)
+def test_route_globs(
+    providers: tuple[str, ...], types: tuple[str, ...], provider: str, event_type: str, wanted: bool
+) -> None:
+    assert Route(providers, types).wants(provider, event_type) is wanted
+
+
+@pytest.mark.parametrize(
+    ("attempt", "cap"), [(1, 0.5), (2, 1.0), (3, 2.0), (4, 4.0), (9, 4.0), (500, 4.0)]
+)
+def test_backoff_is_full_jitter_under_an_exponential_cap(attempt: int, cap: float) -> None:
+    assert backoff_s(RETRY, attempt, rand=lambda: 0.999999) == pytest.approx(cap, rel=1e-5)
+    assert backoff_s(RETRY, attempt, rand=lambda: 0.0) == 0.0
+    assert backoff_s(RETRY, attempt, rand=lambda: 0.5) == pytest.approx(cap / 2)
+
+
+def test_retry_after_is_a_floor_not_a_cap() -> None:
+    assert retry_delay_s(RETRY, 1, 30.0, rand=lambda: 0.5) == 30.0
+    assert retry_delay_s(RETRY, 4, 0.1, rand=lambda: 0.5) == 2.0
+    assert retry_delay_s(RETRY, 2, None, rand=lambda: 1.0) == 1.0
+
+
+NOW = 1_700_000_000.0
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (None, None),
+        ("0", 0.0),
+        ("120", 120.0),
+        (" 7 ", 7.0),
+        (email.utils.formatdate(NOW + 90, usegmt=True), 90.0),
+        (email.utils.formatdate(NOW - 90, usegmt=True), 0.0),  # in the past: at once
+        ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),
+        ("-5", None),
+        ("1.5", None),
+        ("soon", None),
+        ("", None),
+    ],
+)
+def test_parse_retry_after(header: str | None, expected: float | None) -> None:
+    assert parse_retry_after(header, NOW) == expected
+
+
+def test_budget_counts_attempts_and_elapsed_time() -> None:
+    clock = [100.0]
+    budget = Budget(RETRY, clock=lambda: clock[0])
+    budget.attempts = 4
+    assert budget.allows_another(1.0)
+    budget.attempts = 5
+    assert not budget.allows_another(0.0)  # max_attempts reached
+    budget.attempts = 1
+    clock[0] = 108.0
+    assert budget.allows_another(2.0)
+    assert not budget.allows_another(2.1)  # would start after max_elapsed_s
+
+
+def test_breaker_opens_after_n_failures_and_probes_after_cooldown() -> None:
+    async def scenario() -> list[bool]:
+        now = [0.0]
+        changes: list[bool] = []
+        breaker = Breaker(3, 5.0, on_change=changes.append, clock=lambda: now[0])
+
+        def is_open() -> bool:
+            return breaker.is_open
+
+        for _ in range(2):
+            assert await breaker.acquire() is False
+            breaker.record(False, probe=False)
+        assert not is_open()
+        breaker.record(True, probe=False)  # a success resets the count
+        for _ in range(3):
+            breaker.record(False, probe=False)
+        assert is_open() and changes == [True]
+        waiter = asyncio.create_task(breaker.acquire())
+        await asyncio.sleep(0.05)
+        assert not waiter.done(), "open: attempts wait for the cool-down"
+        now[0] = 5.0
+        breaker.abandon_probe()  # wake the waiter (the clock is fake)
+        assert await asyncio.wait_for(waiter, 1) is True  # the one half-open probe
+        second = asyncio.create_task(breaker.acquire())
+        await asyncio.sleep(0.05)
+        assert not second.done(), "only one probe at a time"
+        breaker.record(False, probe=True)  # probe failed: open again
+        now[0] = 9.0
+        await asyncio.sleep(0.05)
+        assert not second.done()
+        now[0] = 10.0
+        breaker.abandon_probe()
+        assert await asyncio.wait_for(second, 1) is True
+        breaker.record(True, probe=True)
+        assert not is_open()
+        assert await breaker.acquire() is False
+        return changes
+
+    assert asyncio.run(scenario()) == [True, False]
+
+
+def test_commit_prefix_tracks_out_of_order_completion() -> None:
+    t = PartitionTracker()
+    for offset in (10, 11, 12, 13):
+        t.read(offset)
+    assert t.committable() == 10  # nothing finished: the start position
+    t.finish(12)
+    t.finish(11)
+    assert t.committable() == 10, "10 still in flight"
+    t.finish(10)
+    assert t.committable() == 13
+    t.committed(13)
+    assert t.committable() is None
+    t.finish(13)
+    assert t.committable() == 14
+    assert t.in_flight == 0
+    with pytest.raises(ValueError, match="out of order"):
+        t.read(13)
+
+
+def test_offset_tracker_forgets_revoked_partitions() -> None:
+    tracker = OffsetTracker()
+    tracker.assign("t", 0)
+    tracker.assign("t", 1)
+    assert tracker.read("t", 0, 5) and tracker.read("t", 1, 7)
+    tracker.finish("t", 0, 5)
+    tracker.revoke("t", 1)
+    tracker.finish("t", 1, 7)  # a late finish of a revoked partition is ignored
+    assert not tracker.read("t", 1, 8)
+    assert tracker.committable() == {("t", 0): 6}
+    tracker.committed({("t", 0): 6})
+    assert tracker.committable() == {}
+
+
+def sink(**options: object) -> SinkSettings:
+    return SinkSettings("s", "log", ("*",), ("*",), RetrySettings(), options)
+
+
+def test_runner_options_defaults_and_errors() -> None:
+    assert RunnerOptions.from_settings(sink()) == RunnerOptions()
+    assert RunnerOptions.from_settings(sink(concurrency=8)).concurrency == 8
+    with pytest.raises(ConfigError, match=r"sinks\.s\.concurrency: must be an integer >= 1"):
+        RunnerOptions.from_settings(sink(concurrency=0))
+    with pytest.raises(ConfigError, match=r"sinks\.s\.breaker_cooldown_s"):
+        RunnerOptions.from_settings(sink(breaker_cooldown_s="soon"))
