@@ -51,7 +51,15 @@ def create_app(key: bytes | None) -> Starlette:
             "ok\n" if verified else "bad signature\n", status_code=200 if verified else 401
         )
 
-    return Starlette(routes=[Route("/{path:path}", events, methods=["POST"])])
+    async def healthz(_request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ok\n")
+
+    return Starlette(
+        routes=[
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/{path:path}", events, methods=["POST"]),
+        ]
+    )
 
 
 def run(args: argparse.Namespace) -> int:
