@@ -15,6 +15,8 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 from gateway.config import SourceSettings
 from gateway.selectors import Selector
 from gateway.verify.base import VerifiedRequest
@@ -65,10 +67,10 @@ def normalize(
     content_type = headers.get("content-type", "")[:MAX_HEADER_VALUE]
     kept = {k: v[:MAX_HEADER_VALUE] for k, v in headers.items() if k in HEADER_ALLOW_LIST}
     verification = Verification(verified.scheme, verified.key_id, verified.mode)
-    document, problem = _parse(body)
+    document, problem, strict = _parse(body)
     sel = source.selectors
 
-    event_id, id_origin = _event_id(sel.id, document, verified, body)
+    event_id, id_origin = _event_id(sel.id, document, verified, body, strict)
     event_type = _text(sel.type, document, verified, MAX_TYPE_LENGTH) if problem is None else None
     if problem is None and event_type is None:
         problem = "no event type at " + (sel.type.text if sel.type else "(no type selector)")
@@ -93,32 +95,41 @@ def normalize(
     )
 
 
-def _parse(body: bytes) -> tuple[Any, str | None]:
+def _parse(body: bytes) -> tuple[Any, str | None, bool]:
+    """(document, problem, strict). orjson first; the standard library takes what orjson
+    refuses but JSON allows (integers beyond 64 bits, NaN), and says which error it was."""
+    try:
+        return orjson.loads(body), None, True
+    except orjson.JSONDecodeError:
+        pass
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
-        return None, "body is not valid UTF-8"
+        return None, "body is not valid UTF-8", False
     try:
-        return json.loads(text), None
+        return json.loads(text), None, False
     except (ValueError, RecursionError):
-        return None, "body is not valid JSON"
+        return None, "body is not valid JSON", False
 
 
-def body_hash(document: Any, body: bytes) -> str:
-    """sha256 of the canonical JSON (sorted keys, no spaces), else of the raw bytes."""
+def body_hash(document: Any, body: bytes, strict: bool = True) -> str:
+    """sha256 of the canonical JSON (sorted keys, no spaces, UTF-8), else of the raw bytes."""
     if document is not None:
         try:
-            canonical = json.dumps(
-                document, sort_keys=True, separators=(",", ":"), ensure_ascii=False
-            ).encode("utf-8")
+            if strict:
+                canonical = orjson.dumps(document, option=orjson.OPT_SORT_KEYS)
+            else:
+                canonical = json.dumps(
+                    document, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+                ).encode("utf-8")
             return "sha256:" + hashlib.sha256(canonical).hexdigest()
-        except (ValueError, RecursionError):
+        except (TypeError, ValueError, RecursionError):
             pass
     return "sha256:" + hashlib.sha256(body).hexdigest()
 
 
 def _event_id(
-    selector: Selector | None, document: Any, verified: VerifiedRequest, body: bytes
+    selector: Selector | None, document: Any, verified: VerifiedRequest, body: bytes, strict: bool
 ) -> tuple[str, str]:
     if selector is not None:
         found = selector.select(document, verified)
@@ -127,7 +138,7 @@ def _event_id(
             text = str(value)
             if 0 < len(text) <= MAX_ID_LENGTH and text.isprintable():
                 return text, "PAYLOAD" if origin == "payload" else "HEADER"
-    return body_hash(document, body), "BODY_HASH"
+    return body_hash(document, body, strict), "BODY_HASH"
 
 
 def _text(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -126,8 +127,7 @@ def to_micros(value: object) -> int:
 
 def micros_to_iso(micros: int) -> str:
     seconds, rest = divmod(micros, 1_000_000)
-    stamp = datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{stamp}.{rest:06d}Z"
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{rest:06d}Z"
 
 
 def ce_headers(env: Envelope) -> KafkaHeaders:
