@@ -31,6 +31,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def check(args: argparse.Namespace) -> int:
+    """Everything a process would check at start-up, for every process at once."""
+    import os
+
+    from consumers.sinks.registry import validate_sink
+
     settings = config_module.load(args.config)
+    for sink in settings.sinks.values():
+        validate_sink(sink, os.environ)
     print(f"config ok: {len(settings.sources)} sources, {len(settings.sinks)} sinks")
     return 0

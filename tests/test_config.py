@@ -185,3 +185,24 @@ def test_demo_config_is_valid_toml_without_secrets_in_it() -> None:
     for source in raw["sources"].values():
         for name in source.get("secrets", []):
             assert name.isupper() and name.endswith("_SECRET")
+
+
+def test_check_config_validates_sink_options(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway.cli import main
+
+    for key, value in DEMO_ENV.items():
+        monkeypatch.setenv(key, value)
+    path = tmp_path / "c.toml"
+    path.write_text(
+        MINIMAL + '\n[sinks.ledger]\ntype = "http"\nurl = "http://x/"\n'
+        'secret = "DEMO_RECEIVER_SECRET"\ncolour = "red"\n'
+    )
+    assert main(["check-config", "--config", str(path)]) == 2
+    assert capsys.readouterr().err.startswith("config error: sinks.ledger.colour")
+    path.write_text(
+        MINIMAL + '\n[sinks.ledger]\ntype = "http"\nurl = "http://x/"\n'
+        'secret = "DEMO_RECEIVER_SECRET"\n'
+    )
+    assert main(["check-config", "--config", str(path)]) == 0
