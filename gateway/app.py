@@ -151,19 +151,16 @@ class WebhookEndpoint:
         if source is None:
             return self._answer("not_found")
         if scope["method"] != "POST":
-            status, outcome, body, _ = self._answer("method_not_allowed")
-            return status, outcome, body, [(b"allow", b"POST")]
+            return self._answer("method_not_allowed", [(b"allow", b"POST")])
         per_source = self.metrics.by_source[source.name]
         close = [(b"connection", b"close")]
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > source.body_limit:
-            status, outcome, body, _ = self._answer("too_large")
-            return status, outcome, body, close
+            return self._answer("too_large", close)
         try:
             raw = await read_body(receive, source.body_limit)
         except _BodyTooLarge:
-            status, outcome, body, _ = self._answer("too_large")
-            return status, outcome, body, close
+            return self._answer("too_large", close)
         per_source.body_size.observe(len(raw))
         now = self.clock()
         try:
@@ -177,8 +174,7 @@ class WebhookEndpoint:
                 detail=exc.detail,
                 request_id=request_id,
             )
-            status, outcome, body, extra = self._answer("unauthorized")
-            return status, outcome, {**body, "reason": exc.reason}, extra
+            return self._answer("unauthorized", reason=exc.reason)
         self._verified_counter(source.name, verified.scheme, verified.key_id, verified.mode).inc()
         if self.in_flight > self.max_in_flight:
             per_source.delivery_errors["queue_full"].inc()
@@ -246,13 +242,14 @@ class WebhookEndpoint:
         return child
 
     @staticmethod
-    def _answer(name: str) -> tuple[int, str, dict[str, str], list[tuple[bytes, bytes]]]:
+    def _answer(
+        name: str, headers: list[tuple[bytes, bytes]] | None = None, **fields: str
+    ) -> tuple[int, str, dict[str, str], list[tuple[bytes, bytes]]]:
         answer = ANSWERS[name]
-        return answer.status, answer.outcome, dict(answer.body), []
+        return answer.status, answer.outcome, {**answer.body, **fields}, headers or []
 
     def _unavailable(self) -> tuple[int, str, dict[str, str], list[tuple[bytes, bytes]]]:
-        status, outcome, body, _ = self._answer("unavailable")
-        return status, outcome, body, [(b"retry-after", RETRY_AFTER_S.encode())]
+        return self._answer("unavailable", [(b"retry-after", RETRY_AFTER_S.encode())])
 
 
 def create_app(
