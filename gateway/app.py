@@ -55,12 +55,17 @@ ANSWERS: dict[str, Answer] = {
     "method_not_allowed": Answer(405, "method_not_allowed", {"error": "use POST"}),
     "unauthorized": Answer(401, "unauthorized", {"error": "verification failed"}),
     "too_large": Answer(413, "too_large", {"error": "body too large"}),
+    "too_slow": Answer(408, "too_slow", {"error": "body not received in time"}),
     "unavailable": Answer(503, "unavailable", {"error": "not acknowledged by Kafka, retry"}),
 }
 
 
 class _BodyTooLarge(Exception):
     pass
+
+
+class _ClientGone(Exception):
+    """The client disconnected before sending its whole body: nobody to answer."""
 
 
 async def read_body(receive: Receive, limit: int) -> bytes:
@@ -70,7 +75,7 @@ async def read_body(receive: Receive, limit: int) -> bytes:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise ConnectionResetError("client disconnected")
+            raise _ClientGone
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
@@ -107,6 +112,7 @@ class WebhookEndpoint:
         self.metrics = metrics
         self.clock = clock
         self.max_in_flight = settings.gateway.max_in_flight
+        self.body_timeout_s = settings.gateway.body_timeout_s
         self.in_flight = 0
         self._verified: dict[tuple[str, str, str, str], Counter] = {}
 
@@ -124,6 +130,8 @@ class WebhookEndpoint:
             status, outcome, body, extra = await self._handle(
                 scope, receive, headers, source, request_id
             )
+        except _ClientGone:
+            return
         finally:
             self.in_flight -= 1
             self.metrics.in_flight.dec()
@@ -158,9 +166,12 @@ class WebhookEndpoint:
         if declared.isdigit() and int(declared) > source.body_limit:
             return self._answer("too_large", close)
         try:
-            raw = await read_body(receive, source.body_limit)
+            async with asyncio.timeout(self.body_timeout_s):
+                raw = await read_body(receive, source.body_limit)
         except _BodyTooLarge:
             return self._answer("too_large", close)
+        except TimeoutError:
+            return self._answer("too_slow", close)
         per_source.body_size.observe(len(raw))
         now = self.clock()
         try:

@@ -61,6 +61,7 @@ class GatewaySettings:
     body_limit: int = 1_048_576  # default per-source body cap, bytes
     max_in_flight: int = 10_000  # requests waiting for the broker; beyond: 503
     drain_timeout_s: float = 10.0  # SIGTERM: wait this long for in-flight acks
+    body_timeout_s: float = 10.0  # a body not fully received by then is answered 408
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ OUTCOMES = (
     "quarantined",
     "unauthorized",
     "too_large",
+    "too_slow",
     "unavailable",
     "not_found",
     "method_not_allowed",

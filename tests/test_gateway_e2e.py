@@ -215,3 +215,62 @@ def test_send_command_posts_a_signed_webhook(
     line = capsys.readouterr().out.strip()
     assert line.startswith("200 ")
     assert json.loads(line[4:])["status"] == "accepted"
+
+
+def test_body_sent_too_slowly_is_408(kafka: KafkaCluster) -> None:
+    """A client that declares a body and stalls cannot hold a request open forever."""
+    import socket
+
+    prefix = f"slow-{time.time_ns()}"
+    settings = settings_from_toml(
+        gateway_toml(kafka.bootstrap, prefix) + "\n[gateway]\nbody_timeout_s = 0.5\n"
+    )
+    with serve(create_app(settings)) as url:
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(
+                b"POST /webhooks/jiko HTTP/1.1\r\nHost: x\r\n"
+                b'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"a"'
+            )
+            answer = sock.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 408 ")
+        metrics = httpx.get(f"{url}/metrics").text
+        assert (
+            'webhook_bridge_gateway_requests_total{outcome="too_slow",source="jiko"} 1.0' in metrics
+        )
+
+
+def test_client_disconnecting_mid_body_is_not_an_error(gateway: Gateway) -> None:
+    """The ASGI endpoint itself: a disconnect mid-body raises nothing and answers nothing."""
+    import asyncio
+
+    from gateway.app import WebhookEndpoint
+
+    app = create_app(gateway.settings)
+    from starlette.routing import Route
+
+    endpoint = next(
+        r.endpoint for r in app.routes if isinstance(r, Route) and r.path == "/webhooks/{source}"
+    )
+    assert isinstance(endpoint, WebhookEndpoint)
+    messages: Iterator[dict[str, object]] = iter(
+        [{"type": "http.request", "body": b"{", "more_body": True}, {"type": "http.disconnect"}]
+    )
+    sent: list[object] = []
+
+    async def receive() -> dict[str, object]:
+        return next(messages)
+
+    async def send(message: object) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/webhooks/jiko",
+        "headers": [(b"content-length", b"100")],
+        "path_params": {"source": "jiko"},
+    }
+    asyncio.run(endpoint(scope, receive, send))
+    assert sent == []
+    assert endpoint.in_flight == 0
