@@ -274,3 +274,25 @@ def test_client_disconnecting_mid_body_is_not_an_error(gateway: Gateway) -> None
     asyncio.run(endpoint(scope, receive, send))
     assert sent == []
     assert endpoint.in_flight == 0
+
+
+def test_no_secret_or_signature_in_logs_or_answers(
+    gateway: Gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tests.support import DEMO_ENV
+
+    caplog.set_level("DEBUG")
+    body = sample_body("fintoc", now=time.time())
+    good = {k.lower(): v for k, v in gateway.signed("fintoc", body).items()}
+    answers = [
+        gateway.post("fintoc", body, good).text,
+        gateway.post("fintoc", body + b" ", good).text,  # bad signature
+        gateway.post("fintoc", body, {**good, "fintoc-signature": "t=1,v1=" + "0" * 64}).text,
+        gateway.post("jiko", b"{not json", gateway.signed("jiko", b"{not json")).text,
+    ]
+    logged = caplog.text + "".join(str(r.__dict__) for r in caplog.records)
+    assert "verification failed" in logged  # the failures were logged...
+    for secret in DEMO_ENV.values():  # ...without any secret or signature
+        assert secret not in logged
+        assert all(secret not in answer for answer in answers)
+    assert good["fintoc-signature"].split("v1=")[1] not in logged
