@@ -343,7 +343,9 @@ def _source(
     options = table.get("verify", {})
     if not isinstance(options, Mapping):
         raise ConfigError(f"{where}.verify", "must be a table")
-    context = BuildContext(where=where, secrets=secrets, options=options, env=env)
+    context = BuildContext(
+        where=where, secrets=secrets, options=options, env=env, base_dir=base_dir
+    )
     verifier = build_verifier(scheme, context)
     provider = _scalar(table, "provider", str, where, env, default=name)
     if not _is_name(provider):

@@ -206,3 +206,38 @@ def test_check_config_validates_sink_options(
         'secret = "DEMO_RECEIVER_SECRET"\n'
     )
     assert main(["check-config", "--config", str(path)]) == 0
+
+
+def test_key_files_resolve_relative_to_the_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    (tmp_path / "keys").mkdir()
+    public = ec.generate_private_key(ec.SECP256R1()).public_key()
+    (tmp_path / "keys" / "k1.pem").write_bytes(
+        public.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    path = tmp_path / "c.toml"
+    path.write_text(
+        MINIMAL
+        + """
+[sources.jpm]
+scheme = "jpmorgan"
+[sources.jpm.verify]
+methods = ["signature"]
+[sources.jpm.verify.signature]
+keys = [{ id = "k1", pem_file = "keys/k1.pem" }]
+"""
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert config.load(path, env=DEMO_ENV).sources["jpm"].scheme == "jpmorgan"
+    path.write_text(path.read_text().replace("keys/k1.pem", "keys/missing.pem"))
+    with pytest.raises(ConfigError) as info:
+        config.load(path, env=DEMO_ENV)
+    assert "pem_file" in info.value.key

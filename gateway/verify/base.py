@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from gateway.errors import VerificationError
@@ -88,13 +89,15 @@ class BuildContext:
 
     `where` is the config path of the source (e.g. ``sources.fintoc``) so that a
     factory can raise ``ConfigError(f"{where}.verify.<option>", ...)``.
-    `env` resolves further secret material that options name by env-var name.
+    `env` resolves further secret material that options name by env-var name;
+    `base_dir` is the config file's folder, against which relative file paths resolve.
     """
 
     where: str
     secrets: Sequence[Secret]
     options: Mapping[str, Any]
     env: Mapping[str, str] = field(default_factory=dict)
+    base_dir: Path = field(default_factory=Path)  # relative key-file paths resolve here
 
 
 VerifierFactory = Callable[[BuildContext], Verifier]

@@ -53,10 +53,13 @@ SignerFactory = Callable[[BuildContext], Signer]
 class Options:
     """Validated access to one options table (``[sources.X.verify]`` or a sub-table)."""
 
-    def __init__(self, table: Any, where: str, valid: Iterable[str]) -> None:
+    def __init__(
+        self, table: Any, where: str, valid: Iterable[str], base_dir: Path | None = None
+    ) -> None:
         if not isinstance(table, Mapping):
             raise ConfigError(where, "must be a table")
         self.where = where
+        self.base_dir = base_dir or Path()
         self.valid = tuple(valid)
         self._table: Mapping[str, Any] = table
         for name in table:
@@ -126,7 +129,7 @@ class Options:
 
     def table(self, name: str, valid: Iterable[str]) -> Options | None:
         value = self._raw(name)
-        return None if value is None else Options(value, self.key(name), valid)
+        return None if value is None else Options(value, self.key(name), valid, self.base_dir)
 
     def tables(self, name: str, valid: Iterable[str]) -> list[Options]:
         value = self._raw(name)
@@ -134,7 +137,10 @@ class Options:
             return []
         if not isinstance(value, list):
             raise self.fail(name, "must be a list of tables")
-        return [Options(item, f"{self.key(name)}[{i}]", valid) for i, item in enumerate(value)]
+        return [
+            Options(item, f"{self.key(name)}[{i}]", valid, self.base_dir)
+            for i, item in enumerate(value)
+        ]
 
     def env_map(self, name: str, env: Mapping[str, str]) -> dict[str, tuple[bytes, ...]]:
         """``{ "Header-Name" = "ENV_VAR" | ["ENV_A", "ENV_B"] }`` resolved from `env`."""
@@ -162,12 +168,12 @@ class Options:
         return value.encode("utf-8")
 
     def file_bytes(self, name: str) -> bytes | None:
-        """Read the file an option names (relative paths resolve against the working dir)."""
+        """Read the file an option names (relative paths resolve against the config's folder)."""
         path = self.opt_text(name)
         if path is None:
             return None
         try:
-            return Path(path).read_bytes()
+            return (self.base_dir / path).read_bytes()
         except OSError as exc:
             raise self.fail(name, f"cannot read {path} ({exc.strerror})") from None
 

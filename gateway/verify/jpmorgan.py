@@ -149,7 +149,7 @@ class Parsed:
 
 
 def parse(ctx: BuildContext) -> Parsed:
-    opts = Options(ctx.options, f"{ctx.where}.verify", OPTIONS)
+    opts = Options(ctx.options, f"{ctx.where}.verify", OPTIONS, ctx.base_dir)
     present = tuple(m for m in METHODS if opts.has(m.replace("-", "_")))
     methods = opts.texts("methods", present, METHODS)
     if not methods:

@@ -151,7 +151,7 @@ class JustWalletVerifier:
 
 
 def _options(ctx: BuildContext) -> tuple[tuple[str, ...], str, tuple[str, ...]]:
-    opts = Options(ctx.options, f"{ctx.where}.verify", OPTIONS)
+    opts = Options(ctx.options, f"{ctx.where}.verify", OPTIONS, ctx.base_dir)
     modes = opts.texts("modes", MODES, MODES)
     header = opts.text("header", "Signature") or "Signature"
     token_headers = opts.texts("token_headers", ("Signature", "Webhook-Secret"))

@@ -109,7 +109,7 @@ class StandardWebhooksVerifier:
 
 
 def build(ctx: BuildContext) -> StandardWebhooksVerifier:
-    opts = Options(ctx.options, f"{ctx.where}.verify", OPTIONS)
+    opts = Options(ctx.options, f"{ctx.where}.verify", OPTIONS, ctx.base_dir)
     keys.private_key(opts, "signing_key_file")  # validated here so a bad file fails at start-up
     symmetric, public = _split(ctx)
     families = []
@@ -146,7 +146,7 @@ class StandardWebhooksSigner:
 
 
 def build_signer(ctx: BuildContext) -> StandardWebhooksSigner:
-    opts = Options(ctx.options, f"{ctx.where}.verify", OPTIONS)
+    opts = Options(ctx.options, f"{ctx.where}.verify", OPTIONS, ctx.base_dir)
     private = keys.private_key(opts, "signing_key_file")
     if private is not None and not isinstance(private, ed25519.Ed25519PrivateKey):
         raise opts.fail("signing_key_file", "must be an Ed25519 private key")

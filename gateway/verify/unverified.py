@@ -30,5 +30,5 @@ class UnverifiedVerifier:
 
 
 def build(ctx: BuildContext) -> UnverifiedVerifier:
-    Options(ctx.options, f"{ctx.where}.verify", ())
+    Options(ctx.options, f"{ctx.where}.verify", (), ctx.base_dir)
     return UnverifiedVerifier()
