@@ -173,6 +173,9 @@ class Compactor:
                     prov.pending[(partition, event_id)] = None
                     out.state(prov.state, partition, event_id, None)
 
+    def next_due(self) -> float | None:
+        return self._next_purge
+
     def prepare_commit(self, out: Output) -> None:
         return
 

@@ -151,6 +151,15 @@ class Reorderer:
             if len(part.buffer):
                 self._release(part, part.buffer.due(now), out)
 
+    def next_due(self) -> float | None:
+        """The earliest release deadline over every partition: the loop wakes for it."""
+        due: float | None = None
+        for part in self._partitions.values():
+            deadline = part.buffer.next_deadline()
+            if deadline is not None and (due is None or deadline < due):
+                due = deadline
+        return due
+
     def prepare_commit(self, out: Output) -> None:
         from consumers.state.reorder_codec import WATERMARK_KEY, encode_watermark
 

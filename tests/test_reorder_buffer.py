@@ -121,3 +121,15 @@ def test_codec_round_trip() -> None:
     assert offset_of(record_key(42)) == 42
     assert offset_of(b"\x00watermark") is None
     assert decode_watermark(encode_watermark(-5)) == -5
+
+
+def test_next_deadline_is_the_earliest_unreleased_deadline() -> None:
+    buf: ReorderBuffer[str] = ReorderBuffer()
+    assert buf.next_deadline() is None
+    buf.add(200, 1.0, 10.0, "b")  # due at 11.0
+    buf.add(100, 0.5, 10.2, "a")  # due at 10.7
+    assert buf.next_deadline() == 10.7
+    assert [r.item for r in buf.due(10.7)] == ["a"]
+    assert buf.next_deadline() == 11.0
+    assert [r.item for r in buf.due(11.0)] == ["b"]
+    assert buf.next_deadline() is None

@@ -1,7 +1,15 @@
 """The transactional consume-process-produce loop shared by the compactor and the reorderer.
 
-The commit protocol, in one place. One transaction covers one batch (up to
-`max_batch` records, `commit_interval_s`, or until the input goes idle):
+The commit protocol, in one place. One transaction covers one batch: it ends
+as soon as the input has nothing more ready (a poll of the client's fetch queue
+returned less than it asked for), or at `max_batch` records, or after
+`commit_interval_s`, whichever comes first. Under a backlog the fetch queue is
+never empty, so batches grow to `max_batch` (throughput); at a steady rate each
+batch is what arrived while the previous one was processed and committed
+(latency: no record waits for a timer). Only with no transaction open does the
+loop block, for the next record or until the logic's next due time
+(`StageLogic.next_due`, for example the reorderer's next release deadline) or
+the periodic tick, whichever comes first.
 
 1. ``consume`` a chunk. Rebalance callbacks run only here, and a callback first
    commits any open transaction (steps 4-7), so revocation always falls between
@@ -96,6 +104,9 @@ class StageLogic(Protocol):
 
     def tick(self, now: float, out: Output) -> None: ...
 
+    def next_due(self) -> float | None:
+        """Wall-clock time at which `tick` has work to do (None: only the periodic tick)."""
+
     def prepare_commit(self, out: Output) -> None:
         """Last chance to add changelog records to the open transaction."""
 
@@ -113,10 +124,9 @@ class LoopSettings:
     instance_id: str
     consumer_config: dict[str, Any]
     producer_config: dict[str, Any]
-    commit_interval_s: float = 0.1
+    commit_interval_s: float = 0.1  # upper bound on a transaction's age
     max_batch: int = 5000
-    idle_wait_s: float = 0.01  # with a transaction open, wait this long for more input
-    tick_interval_s: float = 0.02
+    tick_interval_s: float = 0.02  # periodic tick, and the longest blocking poll
     gauge_interval_s: float = 2.0
 
 
@@ -196,19 +206,25 @@ class StageLoop:
                 if self._recover:
                     self._recover_all()
                     continue
-                wait = self.s.idle_wait_s if self._txn.open else self.s.tick_interval_s
                 room = max(1, self.s.max_batch - self._txn.records)
                 try:
-                    msgs = self._consumer.consume(room, wait)
+                    if self._txn.open:
+                        wait = 0.0  # never hold an open transaction waiting for input
+                    else:
+                        due = self.logic.next_due()
+                        wake = next_tick if due is None else min(next_tick, due)
+                        wait = min(self.s.tick_interval_s, max(0.001, wake - self.clock()))
+                    msgs = self._poll(room, wait)
                     self.health.tick()
                     if msgs:
                         self._process(msgs)
                     now = self.clock()
-                    if now >= next_tick:
+                    due = self.logic.next_due()
+                    if now >= next_tick or (due is not None and now >= due):
                         next_tick = now + self.s.tick_interval_s
                         self.logic.tick(now, self._output)
                     if self._txn.open and (
-                        not msgs
+                        len(msgs) < room  # the input has nothing more ready
                         or self._txn.records >= self.s.max_batch
                         or time.monotonic() - self._txn.started >= self.s.commit_interval_s
                     ):
@@ -238,6 +254,19 @@ class StageLoop:
         if not self._txn.open:
             self._producer.begin_transaction()
             self._txn = _Txn(open=True, started=time.monotonic())
+
+    def _poll(self, room: int, wait: float) -> list[Any]:
+        """Up to `room` records already fetched; with `wait` > 0, first block up to
+        `wait` seconds for one. (`consume(n, t)` itself would wait the whole `t`
+        unless `n` records came, delaying every record at low rates.)"""
+        if wait <= 0:
+            return list(self._consumer.consume(room, 0))
+        first = self._consumer.poll(wait)
+        if first is None:
+            return []
+        if room == 1:
+            return [first]
+        return [first, *self._consumer.consume(room - 1, 0)]
 
     def _process(self, msgs: list[Any]) -> None:
         out = self._output

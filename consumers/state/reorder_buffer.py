@@ -96,6 +96,13 @@ class ReorderBuffer(Generic[T]):
             self._pop(out)
         return out
 
+    def next_deadline(self) -> float | None:
+        """The earliest deadline of a still-buffered event (when `due` next has work)."""
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][2].released:
+            heapq.heappop(deadlines)
+        return deadlines[0][0] if deadlines else None
+
     def drain(self) -> list[Release[T]]:
         """Release everything (used by tests and on demand; not on shutdown)."""
         out: list[Release[T]] = []
