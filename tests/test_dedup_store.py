@@ -107,3 +107,14 @@ def test_rocksdb_memory_stays_bounded_as_ids_grow(tmp_path: Path) -> None:
     print(f"peak RSS MiB: 200k ids {peaks[0]}, 600k ids {peaks[1]}")
     # A dict would grow by ~80 MiB for 400k more ids; RocksDB by its buffers at most.
     assert peaks[1] - peaks[0] < 60
+
+
+def test_an_overwritten_expiry_is_skipped_by_the_purge_and_not_counted(store: DedupStore) -> None:
+    store.write([(0, b"a", Seen(0, 100)), (0, b"b", Seen(0, 150))], {})
+    store.write([(0, b"a", Seen(200, 900))], {})  # a's old expiry (100) is stale now
+    assert store.expired(0, 500, 1) == [b"b"]
+    store.write([(0, b"b", None)], {})
+    assert store.expired(0, 500, 10) == []
+    assert store.get(0, b"a") == Seen(200, 900)
+    store.write([(0, b"a", None)], {})
+    assert store.expired(0, 1000, 10) == [] and store.get(0, b"a") is None
