@@ -1,15 +1,38 @@
 """Benchmark of the compactor and reorderer against the embedded broker (not a test).
 
     python -m tests.bench.bench_consumers [--events 200000] [--ids 1000000,10000000]
+        [--only throughput,latency,memory] [--windows 0.2,0] [--rate 2000]
 
 Each stage runs as the real process pinned to CPU 0; the broker, the load
-generator and the reader share CPU 1. Prints a table:
+generator and the reader share CPU 1 (other work on the machine shares both, so
+CPU seconds per event are printed beside every wall-clock rate). Prints a table:
 
-- throughput: a pre-filled input topic drained by one stage (events/s consumed);
-- added latency raw -> ordered beyond the reorder window at a steady 2,000 events/s
-  (every event gets the same occurred_at, so each is released by its deadline,
-  arrival + window; latency = seen on .ordered - sent - window);
-- resident memory of the RocksDB dedup store per remembered id count.
+- throughput: a pre-filled input topic drained by one stage (events/s consumed,
+  from its first to its last record; CPU microseconds of the stage per event);
+- added latency raw -> ordered at a steady ``--rate`` (default 2,000 events/s),
+  for each reorder window in ``--windows``. Both stages must be ready
+  (``/readyz``) and a one-second warm-up must have come out of ``.ordered``
+  before the measured events are sent. Each event carries its produce time
+  (``time.time_ns()``, in its id); the reader (read_committed, like a real
+  downstream consumer) takes its arrival time when the record comes out of
+  ``consume``. Every event gets the same occurred_at, so none can be released
+  early by the watermark: each waits in the reorderer exactly until its
+  deadline, its arrival at the reorderer + the window. So
+  ``added = arrival at the reader - produce time - window``: the time spent in
+  the pipeline (producer linger, two fetches, two transactions, commit
+  visibility, the release tick) that is not the window itself. ``window
+  honoured`` prints the smallest ``arrival - produce time``, which must be at
+  least the window. A run with window 0 measures the same without the buffer.
+  Each run gets a fresh broker (``--shared-broker``: reuse the throughput
+  runs'): the embedded broker's CPU per read_committed fetch grows with the log
+  it holds (3,000 transactions of 20 records with one read_committed reader
+  took its CPU per transaction from about 1 ms to 17 ms; Apache Kafka serves a
+  fetch from an offset index), and it shares CPU 1 with the load generator, so
+  on it latency drifts upward the longer a run lasts.
+- resident memory of the RocksDB dedup store per remembered id count: the ids
+  are loaded through `RocksDedupStore.write` (the path restore and commits use)
+  in 50,000-id batches, then RSS is read after the load and again after a
+  lookup phase (hits and misses).
 """
 
 from __future__ import annotations
@@ -25,6 +48,7 @@ import textwrap
 import threading
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +65,21 @@ from tests.consumer_support import (
 )
 
 WINDOW_S = 0.2
+CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def _pin(cpu: int) -> None:
     if hasattr(os, "sched_setaffinity") and cpu < (os.cpu_count() or 1):
         os.sched_setaffinity(0, {cpu})
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def start_stage(stage: str, cfg: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
@@ -83,20 +117,31 @@ def metric(port: int, name: str) -> float:
     return total
 
 
-def drain_rate(stage: str, cfg: Path, total: int, log: Path) -> float:
-    """Start a stage on a pre-filled input; events/s from its first to its last record."""
+def ready(port: int) -> bool:
+    try:
+        return bool(urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2).status)
+    except OSError:
+        return False
+
+
+def drain_rate(stage: str, cfg: Path, total: int, log: Path) -> tuple[float, float]:
+    """Start a stage on a pre-filled input: events/s from its first to its last record,
+    and the stage's CPU microseconds per event over the same span."""
     port = free_port()
     proc = start_stage(stage, cfg, port, log)
     try:
         first_t = first_n = None
+        first_cpu = 0.0
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
             n = metric(port, "webhook_bridge_stage_consumed_total")
             now = time.monotonic()
             if n > 0 and first_t is None:
-                first_t, first_n = now, n
+                first_t, first_n, first_cpu = now, n, cpu_seconds(proc.pid)
             if n >= total and first_t is not None and first_n is not None:
-                return (n - first_n) / max(now - first_t, 1e-9)
+                cpu = cpu_seconds(proc.pid) - first_cpu
+                done = max(n - first_n, 1.0)
+                return done / max(now - first_t, 1e-9), cpu / done * 1e6
             time.sleep(0.05)
         raise RuntimeError(f"{stage} did not drain {total} events")
     finally:
@@ -104,64 +149,96 @@ def drain_rate(stage: str, cfg: Path, total: int, log: Path) -> float:
         proc.wait(60)
 
 
+@dataclass
+class LatencyRun:
+    window_s: float
+    added: list[float]  # seconds beyond the window, one per measured event
+    min_total: float  # smallest arrival - produce time (>= window when honoured)
+    sent: int
+    cpu_us: dict[str, float]  # stage -> CPU microseconds per event during the run
+
+
 def latency(
-    bootstrap: str, cfg: Path, prefix: str, rate: int, seconds: float, tmp: Path
-) -> list[float]:
+    bootstrap: str, cfg: Path, prefix: str, rate: int, seconds: float, window_s: float, tmp: Path
+) -> LatencyRun:
     from confluent_kafka import Consumer
 
     names = TopicNames(prefix)
-    procs = [
-        start_stage(s, cfg, free_port(), tmp / f"lat-{s}.log") for s in ("compactor", "reorderer")
-    ]
+    ports = {s: free_port() for s in ("compactor", "reorderer")}
+    procs = {s: start_stage(s, cfg, ports[s], tmp / f"lat-{prefix}-{s}.log") for s in ports}
     reader = Consumer(
         {
             "bootstrap.servers": bootstrap,
-            "group.id": "bench-reader",
+            "group.id": f"bench-reader-{prefix}",
             "auto.offset.reset": "earliest",
             "isolation.level": "read_committed",
             "session.timeout.ms": "6000",
             "heartbeat.interval.ms": "500",
-            "fetch.wait.max.ms": "20",
+            "fetch.wait.max.ms": "20",  # as the stages: each fetch costs the embedded broker
         }
     )
     reader.subscribe([names.ordered("acme")])
-    samples: list[float] = []
-    expected = int(rate * seconds)
+    warmup = rate  # one second of load, not measured
+    measured = int(rate * seconds)
+    received: dict[str, float] = {}  # event id -> seconds from produce to arrival
     try:
-        time.sleep(6)  # both stages joined
-        # Reader joins, then load starts.
-        t_end = time.monotonic() + 20
-        while not reader.assignment() and time.monotonic() < t_end:
+        t_end = time.monotonic() + 60
+        while time.monotonic() < t_end and not (
+            all(ready(p) for p in ports.values()) and reader.assignment()
+        ):
             reader.poll(0.1)
 
-        def send() -> None:
-            producer = RawProducer(bootstrap)
+        producer = RawProducer(bootstrap)  # one producer: connected during the warm-up
+
+        def send(tag: str, count: int) -> None:
             start = time.monotonic()
-            for i in range(expected):
-                env = envelope(f"lat-{time.time_ns()}-{i}", f"k{i % 100}", BASE_US)
+            for i in range(count):
+                env = envelope(f"{tag}-{time.time_ns()}-{i}", f"k{i % 100}", BASE_US)
                 producer.send(names.raw("acme"), env)
                 ahead = (i + 1) / rate - (time.monotonic() - start)
+                producer._producer.poll(0)
                 if ahead > 0:
-                    producer._producer.poll(0)
                     time.sleep(ahead)
             producer.flush()
 
-        sender = threading.Thread(target=send, daemon=True)
+        def read_until(tag: str, count: int, timeout: float) -> int:
+            got = 0
+            deadline = time.monotonic() + timeout
+            while got < count and time.monotonic() < deadline:
+                msgs: list[Any] = reader.consume(1000, 0.05)
+                now_ns = time.time_ns()
+                for msg in msgs:
+                    if msg.error() is not None:
+                        continue
+                    event_id = dict(msg.headers() or [])["ce_id"].decode()
+                    parts = event_id.split("-")
+                    if parts[0] == tag:
+                        got += 1
+                        received[event_id] = (now_ns - int(parts[1])) / 1e9
+            return got
+
+        sender = threading.Thread(target=send, args=("warm", warmup), daemon=True)
         sender.start()
-        deadline = time.monotonic() + seconds + 60
-        while len(samples) < expected and time.monotonic() < deadline:
-            msgs: list[Any] = reader.consume(1000, 0.1)
-            for msg in msgs:
-                if msg.error() is not None:
-                    continue
-                headers: Any = dict(msg.headers() or [])
-                sent_ns = int(headers["ce_id"].split(b"-")[1])
-                samples.append((time.time_ns() - sent_ns) / 1e9 - WINDOW_S)
+        read_until("warm", warmup, 60)
         sender.join(10)
-        return samples
+        received.clear()
+        cpu0 = {s: cpu_seconds(p.pid) for s, p in procs.items()}
+        sender = threading.Thread(target=send, args=("lat", measured), daemon=True)
+        sender.start()
+        read_until("lat", measured, seconds + 60)
+        sender.join(10)
+        cpu = {s: (cpu_seconds(p.pid) - cpu0[s]) / max(1, measured) * 1e6 for s, p in procs.items()}
+        totals = list(received.values())
+        return LatencyRun(
+            window_s,
+            [t - window_s for t in totals],
+            min(totals, default=float("nan")),
+            measured,
+            cpu,
+        )
     finally:
         reader.close()
-        for proc in procs:
+        for proc in procs.values():
             proc.terminate()
             proc.wait(60)
 
@@ -169,6 +246,12 @@ def latency(
 RSS_SCRIPT = textwrap.dedent("""
     import resource, sys, time
     from consumers.state.dedup_store import RocksDedupStore, Seen
+
+    def rss():
+        with open("/proc/self/status") as f:
+            return next(int(l.split()[1]) for l in f if l.startswith("VmRSS")) // 1024
+
+    base = rss()
     store = RocksDedupStore(sys.argv[1])
     n, chunk = int(sys.argv[2]), 50_000
     t = time.monotonic()
@@ -176,20 +259,30 @@ RSS_SCRIPT = textwrap.dedent("""
         store.write([(i % 3, b"evt_%028d" % i, Seen(i, 10**13 + i))
                      for i in range(start, min(n, start + chunk))], {0: start})
     took = time.monotonic() - t
-    every = max(1, n // 10000)
-    hits = sum(store.get(i % 3, b"evt_%028d" % i) is not None for i in range(0, n, every))
+    after_load = rss()
+    step = max(1, n // 100_000)
     t2 = time.monotonic()
-    for i in range(0, n, max(1, n // 100000)):
-        store.get(i % 3, b"evt_%028d" % i)
-    lookups = min(n, 100000) / (time.monotonic() - t2)
-    with open("/proc/self/status") as f:
-        rss = next(int(l.split()[1]) for l in f if l.startswith("VmRSS"))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(rss // 1024, peak // 1024, round(took, 1), int(lookups), hits)
+    hits = sum(store.get(i % 3, b"evt_%028d" % i) is not None for i in range(0, n, step))
+    misses = sum(store.get(i % 3, b"new_%028d" % i) is None for i in range(0, n, step))
+    lookups = (hits + misses) / (time.monotonic() - t2)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    print(base, after_load, rss(), peak, round(took, 1), int(lookups), hits + misses)
 """)
 
 
-def store_memory(n: int, tmp: Path) -> tuple[int, int, float, int, float]:
+@dataclass
+class StoreRun:
+    ids: int
+    base: int  # MiB RSS of the interpreter before the store opens
+    after_load: int
+    after_lookups: int
+    peak: int
+    load_s: float
+    lookups_per_s: int
+    disk_mib: float
+
+
+def store_memory(n: int, tmp: Path) -> StoreRun:
     path = tmp / f"rss-{n}"
     out = subprocess.run(
         [sys.executable, "-c", RSS_SCRIPT, str(path), str(n)],
@@ -199,10 +292,19 @@ def store_memory(n: int, tmp: Path) -> tuple[int, int, float, int, float]:
         text=True,
         check=True,
     )
-    rss, peak, took, lookups, _ = out.stdout.split()
+    base, after_load, after_lookups, peak, took, lookups, _ = out.stdout.split()
     disk = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
     shutil.rmtree(path, ignore_errors=True)
-    return int(rss), int(peak), float(took), int(lookups), disk
+    return StoreRun(
+        n,
+        int(base),
+        int(after_load),
+        int(after_lookups),
+        int(peak),
+        float(took),
+        int(lookups),
+        disk,
+    )
 
 
 def pct(values: list[float], q: float) -> float:
@@ -211,7 +313,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument(
         "--events",
         type=int,
@@ -230,13 +332,31 @@ def main() -> int:
     parser.add_argument("--rate", type=int, default=2000, help="events/s in the latency run")
     parser.add_argument("--seconds", type=float, default=15.0, help="latency run length")
     parser.add_argument(
+        "--windows",
+        default=f"{WINDOW_S},0",
+        help="comma-separated reorder windows (s) for the latency runs",
+    )
+    parser.add_argument(
         "--latency-commit-ms",
         type=int,
-        default=30,
-        help="commit_interval_ms of both stages in the latency run",
+        default=100,
+        help="commit_interval_ms of both stages in the latency run (an upper bound: "
+        "a stage commits as soon as its input has nothing more ready)",
+    )
+    parser.add_argument(
+        "--shared-broker",
+        action="store_true",
+        help="run the latency runs on the throughput runs' broker instead of a fresh one",
+    )
+    parser.add_argument(
+        "--only",
+        default="throughput,latency,memory",
+        help="comma-separated parts to run: throughput, latency, memory",
     )
     args = parser.parse_args()
+    parts = set(args.only.split(","))
     tmp = Path(tempfile.mkdtemp(prefix="bench-consumers-"))
+    all_cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
     rows: list[tuple[str, str]] = []
     broker = EmbeddedBroker()
     broker.start()
@@ -244,79 +364,121 @@ def main() -> int:
         if (os.cpu_count() or 1) > 1 and broker.pid is not None:
             os.sched_setaffinity(broker.pid, {1})
         _pin(1)
-        prefix = f"bench{os.getpid()}"
-        cfg = write_config(
-            tmp, broker.bootstrap, prefix, window_s=WINDOW_S, state_dir=str(tmp / "state")
-        )
-        create_topics(load_settings(cfg))
-        names = TopicNames(prefix)
-        producer = RawProducer(broker.bootstrap)
-        copies = 0
-        step = max(1, round(1 / args.duplicates)) if args.duplicates > 0 else 0
-        for i in range(args.events):
-            env = envelope(f"bench-{i}", f"k{i % 1000}", BASE_US + i * 100)
-            producer.send(names.raw("acme"), env)
-            copies += 1
-            if step and i % step == 0:
-                producer.send(names.raw("acme"), env)
-                copies += 1
-        producer.flush()
-        compactor_rate = drain_rate("compactor", cfg, copies, tmp / "compactor.log")
-        rows.append(
-            (
-                "compactor throughput (1 core)",
-                f"{compactor_rate:,.0f} events/s ({copies:,} in, {args.events:,} out)",
-            )
-        )
-        reorderer_rate = drain_rate("reorderer", cfg, args.events, tmp / "reorderer.log")
-        rows.append(
-            (
-                "reorderer throughput (1 core)",
-                f"{reorderer_rate:,.0f} events/s ({args.events:,} in)",
-            )
-        )
-
-        lat_prefix = f"lat{os.getpid()}"
-        lat_cfg = write_config(
-            tmp,
-            broker.bootstrap,
-            lat_prefix,
-            window_s=WINDOW_S,
-            state_dir=str(tmp / "lat-state"),
-            commit_interval_ms=args.latency_commit_ms,
-        )
-        create_topics(load_settings(lat_cfg))
-        samples = latency(broker.bootstrap, lat_cfg, lat_prefix, args.rate, args.seconds, tmp)
-        if samples:
-            rows.append(
-                (
-                    f"added latency raw->ordered beyond the {WINDOW_S}s window",
-                    f"p50 {pct(samples, 0.5) * 1000:.1f} ms, p99 "
-                    f"{pct(samples, 0.99) * 1000:.1f} ms ({len(samples):,} events at "
-                    f"{args.rate}/s, commit_interval_ms={args.latency_commit_ms})",
+        if "throughput" in parts:
+            rows += throughput(broker.bootstrap, args.events, args.duplicates, tmp)
+        if "latency" in parts:
+            for window in (float(w) for w in args.windows.split(",")):
+                # A fresh broker per run: the embedded broker's read_committed fetch
+                # costs CPU that grows with what it holds (see the module docstring).
+                lat_broker = broker if args.shared_broker else EmbeddedBroker()
+                if lat_broker is not broker:
+                    # Started unpinned: the broker sizes its thread pool by the CPUs it
+                    # may use at start, and on one thread it stalls for seconds.
+                    if hasattr(os, "sched_setaffinity"):
+                        os.sched_setaffinity(0, all_cpus)
+                    lat_broker.start()
+                    _pin(1)
+                    if (os.cpu_count() or 1) > 1 and lat_broker.pid is not None:
+                        os.sched_setaffinity(lat_broker.pid, {1})
+                try:
+                    lat_prefix = f"lat{os.getpid()}w{int(window * 1000)}"
+                    lat_cfg = write_config(
+                        tmp,
+                        lat_broker.bootstrap,
+                        lat_prefix,
+                        window_s=window,
+                        state_dir=str(tmp / f"{lat_prefix}-state"),
+                        commit_interval_ms=args.latency_commit_ms,
+                    )
+                    create_topics(load_settings(lat_cfg))
+                    run = latency(
+                        lat_broker.bootstrap,
+                        lat_cfg,
+                        lat_prefix,
+                        args.rate,
+                        args.seconds,
+                        window,
+                        tmp,
+                    )
+                finally:
+                    if lat_broker is not broker:
+                        lat_broker.stop()
+                if not run.added:
+                    rows.append((f"added latency, window {window}s", "no events came out"))
+                    continue
+                ms = [x * 1000 for x in run.added]
+                rows.append(
+                    (
+                        f"added latency raw->ordered beyond a {window}s window",
+                        f"p50 {pct(ms, 0.5):.1f} ms, p90 {pct(ms, 0.9):.1f} ms, p99 "
+                        f"{pct(ms, 0.99):.1f} ms, max {max(ms):.1f} ms ({len(ms):,}/"
+                        f"{run.sent:,} events at {args.rate}/s, commit_interval_ms="
+                        f"{args.latency_commit_ms}); window honoured: min raw->ordered "
+                        f"{run.min_total * 1000:.1f} ms; CPU per event: "
+                        + ", ".join(f"{s} {us:.0f} us" for s, us in run.cpu_us.items()),
+                    )
                 )
-            )
-        for n in (int(x) for x in args.ids.split(",")):
-            rss, peak, took, lookups, disk = store_memory(n, tmp)
-            rows.append(
-                (
-                    f"RocksDB dedup store, {n:,} ids",
-                    f"RSS {rss} MiB (peak {peak} MiB), {rss / (n / 1e6):.0f} MiB per "
-                    f"million; disk {disk:.0f} MiB; load {took}s; {lookups:,} lookups/s",
+        if "memory" in parts:
+            for n in (int(x) for x in args.ids.split(",")):
+                r = store_memory(n, tmp)
+                rows.append(
+                    (
+                        f"RocksDB dedup store, {n:,} ids",
+                        f"RSS after load {r.after_load} MiB, after lookups {r.after_lookups} "
+                        f"MiB ({r.after_lookups / (n / 1e6):.1f} MiB per million; "
+                        f"{(r.after_lookups - r.base) / (n / 1e6):.1f} MiB per million over "
+                        f"the bare interpreter's {r.base} MiB; peak {r.peak} MiB); disk "
+                        f"{r.disk_mib:.0f} MiB; load {r.load_s}s "
+                        f"({n / max(r.load_s, 1e-9):,.0f} ids/s); {r.lookups_per_s:,} lookups/s",
+                    )
                 )
-            )
     finally:
         broker.stop()
         shutil.rmtree(tmp, ignore_errors=True)
-    width = max(len(r[0]) for r in rows)
+    width = max((len(r[0]) for r in rows), default=10)
     print(f"\n{'measure'.ljust(width)} | result\n{'-' * width}-+-{'-' * 60}")
     for name, value in rows:
         print(f"{name.ljust(width)} | {value}")
     print(
         f"(python {sys.version.split()[0]}, {os.cpu_count()} cpus, embedded broker; "
+        f"load average {os.getloadavg()[0]:.2f}; "
         f"bench peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MiB)"
     )
     return 0
+
+
+def throughput(bootstrap: str, events: int, duplicates: float, tmp: Path) -> list[tuple[str, str]]:
+    prefix = f"bench{os.getpid()}"
+    cfg = write_config(tmp, bootstrap, prefix, window_s=WINDOW_S, state_dir=str(tmp / "state"))
+    create_topics(load_settings(cfg))
+    names = TopicNames(prefix)
+    producer = RawProducer(bootstrap)
+    copies = 0
+    step = max(1, round(1 / duplicates)) if duplicates > 0 else 0
+    for i in range(events):
+        env = envelope(f"bench-{i}", f"k{i % 1000}", BASE_US + i * 100)
+        producer.send(names.raw("acme"), env)
+        copies += 1
+        if step and i % step == 0:
+            producer.send(names.raw("acme"), env)
+            copies += 1
+    producer.flush()
+    rows = []
+    rate, cpu = drain_rate("compactor", cfg, copies, tmp / "compactor.log")
+    rows.append(
+        (
+            "compactor throughput (1 core)",
+            f"{rate:,.0f} events/s, {cpu:.1f} CPU us/event ({copies:,} in, {events:,} out)",
+        )
+    )
+    rate, cpu = drain_rate("reorderer", cfg, events, tmp / "reorderer.log")
+    rows.append(
+        (
+            "reorderer throughput (1 core)",
+            f"{rate:,.0f} events/s, {cpu:.1f} CPU us/event ({events:,} in)",
+        )
+    )
+    return rows
 
 
 if __name__ == "__main__":
