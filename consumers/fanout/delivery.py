@@ -84,7 +84,8 @@ class Deliverer:
             await self.sleep(delay)
 
     async def _attempt(self, event: Event) -> DeliveryResult:
-        probe = await self.breaker.acquire()
+        # Closed breaker (the usual case): no coroutine to create and await.
+        probe = await self.breaker.acquire() if self.breaker.is_open else False
         recorded = False
         try:
             async with self.slots:

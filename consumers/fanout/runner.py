@@ -101,6 +101,7 @@ class SinkRunner:
         self._dlq: DeadLetters | None = None
         self._deliverer: Deliverer | None = None
         self._paused = False
+        self._wanted: dict[tuple[str, str], bool] = {}  # Route.wants, memoised (fnmatch)
 
     # ------------------------------------------------------------------ main loop
 
@@ -190,36 +191,46 @@ class SinkRunner:
         value: bytes = message.value() or b""
         provider = self.topics.get(topic, "")
         ce_type = header_value(headers, "ce_type")
-        if ce_type is not None and not self.route.wants(provider, ce_type.decode(errors="replace")):
+        if ce_type is not None and not self._wants(provider, ce_type.decode(errors="replace")):
             tracker.finish(offset)  # routed on headers, never decoded
             return
+        key: bytes | None = message.key()
         event: Event | None
         try:
             envelope = self._deserialize(value, topic)
         except SerdeError:
             event = None
         else:
-            if ce_type is None and not self.route.wants(provider, envelope.event_type):
+            if ce_type is None and not self._wants(provider, envelope.event_type):
                 tracker.finish(offset)
                 return
             event = Event(
                 envelope=envelope,
                 value=value,
-                key=message.key(),
+                key=key,
                 headers=headers,
                 topic=topic,
                 partition=partition,
                 offset=offset,
                 late=header_value(headers, "late") in (b"1", b"true"),
             )
-        item = _Item(value, message.key(), headers, topic, partition, offset, tracker, event)
-        lane_key = (topic, partition, item.key)
+        item = _Item(value, key, headers, topic, partition, offset, tracker, event)
+        lane_key = (topic, partition, key)
         lane = self.lanes.get(lane_key)
         if lane is not None:
             lane.append(item)
             return
         lane = self.lanes[lane_key] = deque((item,))
         self.lane_tasks[lane_key] = asyncio.create_task(self._drain_lane(lane_key, lane))
+
+    def _wants(self, provider: str, event_type: str) -> bool:
+        """`Route.wants`, memoised: fnmatch on every record was a visible cost."""
+        wanted = self._wanted.get((provider, event_type))
+        if wanted is None:
+            if len(self._wanted) >= 4096:  # event types come from senders: stay bounded
+                self._wanted.clear()
+            wanted = self._wanted[(provider, event_type)] = self.route.wants(provider, event_type)
+        return wanted
 
     async def _drain_lane(
         self, lane_key: tuple[str, int, bytes | None], lane: deque[_Item]
