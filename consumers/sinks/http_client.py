@@ -1,23 +1,20 @@
 """A small keep-alive HTTP/1.1 client for one origin: asyncio Protocols + httptools.
 
-Why not httpx: the fan-out's HTTP sink spends most of its CPU in the client, and
-httpx (h11, anyio, pool bookkeeping) costs ~2 ms of CPU per request; this client
-costs a few tens of µs. It does only what the sink needs:
+Why not httpx: ~2.3 ms of CPU per request (aiohttp ~80 µs, this client ~22 µs;
+bare loops, 64 concurrent, uvloop). It does only what the sink needs:
 
-- ``POST``-style requests with a body to one ``http``/``https`` origin;
-- a pool of at most `max_connections` connections, one request in flight per
-  connection, idle connections reused (most recently used first) and dropped
-  after `keepalive_s` idle, or when the server closed them;
-- responses framed by Content-Length, chunked encoding or EOF (httptools); the
-  body is read to the end (so the connection can be reused) but only its first
-  `max_body` bytes are kept; 1xx interim responses are skipped;
-- a `Connection: close` answer, an HTTP/1.0 answer or a broken one retires the
-  connection; a reused connection that the server closed before answering at all
-  is retried once on a new connection (the race with the server's idle timeout);
-- `timeout_s` bounds the whole request (waiting for a free connection,
-  connecting, sending, the whole answer); `connect_timeout_s` bounds connecting.
+- requests with a body to one ``http``/``https`` origin, over a pool of at most
+  `max_connections` connections, one request in flight per connection; idle ones
+  are reused (most recent first) and dropped after `keepalive_s` or once closed;
+- answers framed by Content-Length, chunked encoding or EOF (httptools), read to
+  the end but only the first `max_body` bytes kept; 1xx interim answers skipped;
+- `Connection: close`, HTTP/1.0 or a broken answer retires the connection; a
+  reused connection closed before any answer byte (the race with the server's
+  idle timeout) is retried once on a new connection;
+- `timeout_s` bounds the whole request (free connection, connect, send, answer);
+  `connect_timeout_s` bounds connecting.
 
-Errors are `HttpError` subclasses: `RequestTimeout`, `ConnectError`, `ProtocolError`.
+Errors: `HttpError` and its subclasses `RequestTimeout`, `ConnectError`, `ProtocolError`.
 """
 
 from __future__ import annotations
@@ -29,6 +26,7 @@ from dataclasses import dataclass
 from typing import cast
 from urllib.parse import urlsplit
 
+import certifi  # httpx's CA bundle, as before (httpx stays a dependency of the gateway)
 import httptools
 
 
@@ -57,10 +55,7 @@ class Response:
     def header(self, name: str) -> str | None:
         """The first value of header `name` (case-insensitive), decoded as latin-1."""
         key = name.lower().encode()
-        for k, v in self.headers:
-            if k == key:
-                return v.decode("latin-1")
-        return None
+        return next((v.decode("latin-1") for k, v in self.headers if k == key), None)
 
 
 class _Connection(asyncio.Protocol):
@@ -73,7 +68,7 @@ class _Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self._parser = httptools.HttpResponseParser(self)
         self._waiter: asyncio.Future[tuple[Response, bool]] | None = None
-        self._got_bytes = False
+        self.got_bytes = False
         self._reset()
 
     def _reset(self) -> None:
@@ -83,7 +78,6 @@ class _Connection(asyncio.Protocol):
         self._complete_headers = False
         self._framed = False  # Content-Length or chunked: else the body ends at EOF
 
-    # asyncio.Protocol --------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
@@ -91,7 +85,7 @@ class _Connection(asyncio.Protocol):
         if self._waiter is None or self._waiter.done():
             self.abort()  # bytes nobody asked for: the connection is unusable
             return
-        self._got_bytes = True
+        self.got_bytes = True
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -106,7 +100,6 @@ class _Connection(asyncio.Protocol):
         else:
             self._fail(ProtocolError("server disconnected before a complete answer"))
 
-    # httptools callbacks -----------------------------------------------------------
     def on_header(self, name: bytes, value: bytes) -> None:
         name = name.lower()
         if name in (b"content-length", b"transfer-encoding"):
@@ -127,11 +120,9 @@ class _Connection(asyncio.Protocol):
             return
         self._finish(self._parser.should_keep_alive())
 
-    # ------------------------------------------------------------------------------
     def _finish(self, keep_alive: bool) -> None:
-        assert self._waiter is not None
         response = Response(self._parser.get_status_code(), self._headers, b"".join(self._body))
-        if not self._waiter.done():
+        if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result((response, keep_alive))
 
     def _fail(self, exc: HttpError) -> None:
@@ -149,15 +140,14 @@ class _Connection(asyncio.Protocol):
         assert self.transport is not None
         loop = asyncio.get_running_loop()
         self._reset()
-        self._got_bytes = False
+        self.got_bytes = False
+        if self.transport.is_closing():  # the server's close is on its way
+            self.abort()
+            raise ProtocolError("connection closed")
         waiter = self._waiter = loop.create_future()
         timer = loop.call_at(deadline, self._fail, RequestTimeout("no answer in time"))
         try:
-            if len(body) < 65536:
-                self.transport.write(request + body)
-            else:
-                self.transport.write(request)
-                self.transport.write(body)
+            self.transport.writelines((request, body))
             result: tuple[Response, bool] = await waiter
             return result
         except BaseException:
@@ -166,10 +156,6 @@ class _Connection(asyncio.Protocol):
         finally:
             timer.cancel()
             self._waiter = None
-
-    @property
-    def answered_nothing(self) -> bool:
-        return not self._got_bytes
 
 
 class HttpClient:
@@ -190,11 +176,13 @@ class HttpClient:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("not an absolute http(s) URL")
         self.host = parts.hostname
-        self.port = parts.port or (443 if parts.scheme == "https" else 80)
-        default_port = self.port == (443 if parts.scheme == "https" else 80)
+        default_port = 443 if parts.scheme == "https" else 80
+        self.port = parts.port or default_port
         netloc = f"[{self.host}]" if ":" in self.host else self.host
-        self._host_header = netloc if default_port else f"{netloc}:{self.port}"
-        self.ssl = (ssl_context or _default_ssl()) if parts.scheme == "https" else None
+        self._host_header = netloc if self.port == default_port else f"{netloc}:{self.port}"
+        if parts.scheme == "https" and ssl_context is None:
+            ssl_context = ssl.create_default_context(cafile=certifi.where())
+        self.ssl = ssl_context if parts.scheme == "https" else None
         self.timeout_s = timeout_s
         self.connect_timeout_s = connect_timeout_s
         self.max_connections = max_connections
@@ -218,21 +206,19 @@ class HttpClient:
         head = "".join(lines).encode()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout_s
-        for _ in range(2):
+        for attempt in (1, 2):
             conn, reused = await self._acquire(deadline)
             try:
                 response, keep_alive = await conn.send(head, body, deadline)
-            except ProtocolError:
+            except BaseException as exc:
                 self._release(conn, False)
-                if reused and conn.answered_nothing:
+                retry = reused and not conn.got_bytes and isinstance(exc, ProtocolError)
+                if retry and attempt == 1:
                     continue  # the server closed an idle connection as we used it
-                raise
-            except BaseException:
-                self._release(conn, False)
                 raise
             self._release(conn, keep_alive)
             return response
-        raise ProtocolError("server disconnected before a complete answer")  # pragma: no cover
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _acquire(self, deadline: float) -> tuple[_Connection, bool]:
         loop = asyncio.get_running_loop()
@@ -240,10 +226,9 @@ class HttpClient:
         while True:
             if self._closed:
                 raise HttpError("client closed")
-            now = loop.time()
             while self._idle:
                 conn = self._idle.pop()
-                if not conn.closed and now - conn.idle_since < self.keepalive_s:
+                if not conn.closed and loop.time() - conn.idle_since < self.keepalive_s:
                     return conn, True
                 self._discard(conn)
             if self._open < self.max_connections:
@@ -255,26 +240,24 @@ class HttpClient:
                     self._wake()
                     raise
             waiter = loop.create_future()
-            if woken:  # woken but beaten to the connection: keep our place in the queue
-                self._waiters.appendleft(waiter)
-            else:
-                self._waiters.append(waiter)
+            # Woken but beaten to the connection: keep our place at the head of the queue.
+            (self._waiters.appendleft if woken else self._waiters.append)(waiter)
             try:
                 async with asyncio.timeout_at(deadline):
                     await waiter
                 woken = True
-            except TimeoutError:
-                raise RequestTimeout("no free connection in time") from None
-            except BaseException:
+            except BaseException as exc:
                 if waiter.done() and not waiter.cancelled():
                     self._wake()  # pass on a wake-up this task will not use
+                waiter.cancel()
+                if isinstance(exc, TimeoutError):
+                    raise RequestTimeout("no free connection in time") from None
                 raise
 
     async def _connect(self, deadline: float) -> _Connection:
         loop = asyncio.get_running_loop()
-        connect_deadline = min(deadline, loop.time() + self.connect_timeout_s)
         try:
-            async with asyncio.timeout_at(connect_deadline):
+            async with asyncio.timeout_at(min(deadline, loop.time() + self.connect_timeout_s)):
                 _, conn = await loop.create_connection(
                     lambda: _Connection(self.max_body),
                     self.host,
@@ -314,11 +297,3 @@ class HttpClient:
             self._discard(self._idle.pop())
         while self._waiters:
             self._wake()
-
-
-def _default_ssl() -> ssl.SSLContext:
-    try:
-        import certifi
-    except ImportError:  # pragma: no cover - httpx (a dependency) brings certifi
-        return ssl.create_default_context()
-    return ssl.create_default_context(cafile=certifi.where())
