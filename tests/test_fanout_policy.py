@@ -178,3 +178,54 @@ def test_runner_options_defaults_and_errors() -> None:
         RunnerOptions.from_settings(sink(concurrency=0))
     with pytest.raises(ConfigError, match=r"sinks\.s\.breaker_cooldown_s"):
         RunnerOptions.from_settings(sink(breaker_cooldown_s="soon"))
+
+
+class _FakeConsumer:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def assignment(self) -> list[str]:
+        return ["tp"]
+
+    def pause(self, _tps: object) -> None:
+        self.calls.append("pause")
+
+    def resume(self, _tps: object) -> None:
+        self.calls.append("resume")
+
+
+def test_flow_control_stops_reading_at_the_bound_and_pauses_only_after_a_stall() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from consumers.fanout.metrics import FanoutMetrics
+    from consumers.fanout.runner import PAUSE_AFTER_S, SinkRunner
+    from consumers.sinks import SinkContext, build_sink
+    from tests.receiver_support import make_settings
+
+    settings = make_settings("127.0.0.1:1", "flow", {"l": {"type": "log", "max_in_flight": 10}})
+    sink = build_sink(settings.sinks["l"], SinkContext(settings, {}))
+    runner = SinkRunner(settings, settings.sinks["l"], sink, FanoutMetrics(CollectorRegistry()))
+    consumer = runner._consumer = _FakeConsumer()
+    runner.tracker.assign("t", 0)
+    tracker = runner.tracker.partitions[("t", 0)]
+
+    assert runner._flow_control(now=0.0) == 10  # never more than the room left
+    for offset in range(10):
+        tracker.read(offset)
+    assert runner._flow_control(now=1.0) == 0  # full: stop reading, no pause yet
+    assert runner._flow_control(now=1.0 + PAUSE_AFTER_S / 2) == 0
+    assert consumer.calls == []
+    tracker.finish(0)
+    assert runner._flow_control(now=2.0) == 1  # room again: read, still no pause
+    tracker.read(10)
+    assert runner._flow_control(now=3.0) == 0
+    assert runner._flow_control(now=3.0 + PAUSE_AFTER_S) == 1  # a stall: pause, keep polling
+    assert consumer.calls == ["pause"]
+    for offset in range(1, 5):
+        tracker.finish(offset)
+    assert tracker.in_flight == 6
+    assert runner._flow_control(now=5.0) == 4  # paused: consume serves callbacks, within room
+    assert consumer.calls == ["pause"]  # above half the bound: stay paused
+    tracker.finish(5)
+    assert runner._flow_control(now=6.0) == 5
+    assert consumer.calls == ["pause", "resume"]

@@ -7,8 +7,11 @@ sink only ever holds back its own group's offsets.
 Per-key order: records are queued into a *lane* per (partition, key); one task
 drains a lane, one event at a time, so a later event of a key waits while an
 earlier one is retried; other lanes go on. `concurrency` bounds attempts in
-flight across lanes; `max_in_flight` bounds records read but unfinished (beyond
-it the partitions are paused, and polling goes on so the group keeps us).
+flight across lanes; `max_in_flight` bounds records read but unfinished: at the
+bound the runner stops reading (librdkafka's prefetched records stay queued in
+it); if the bound still holds after `PAUSE_AFTER_S`, the partitions are paused
+and polling goes on, so the group keeps us. (Pausing at once cost a refetch of
+everything prefetched at every brief full point: half the throughput.)
 
 Commit protocol (the one place it is written down):
 
@@ -43,6 +46,8 @@ from gateway.config import Settings, SinkSettings
 from gateway.topics import names
 from schemas.envelope import KafkaHeaders, header_value
 from schemas.serde import EnvelopeDeserializer, SerdeError
+
+PAUSE_AFTER_S = 1.0  # full that long: pause the partitions and keep polling
 
 
 @dataclass(slots=True)
@@ -101,6 +106,7 @@ class SinkRunner:
         self._dlq: DeadLetters | None = None
         self._deliverer: Deliverer | None = None
         self._paused = False
+        self._full_since: float | None = None  # since when in_flight >= max_in_flight
         self._wanted: dict[tuple[str, str], bool] = {}  # Route.wants, memoised (fnmatch)
 
     # ------------------------------------------------------------------ main loop
@@ -154,8 +160,8 @@ class SinkRunner:
         idle = 0
         next_commit = time.monotonic() + self.commit_interval_s
         while not stop.is_set():
-            self._flow_control()
-            messages = self._consumer.consume(num_messages=500, timeout=0)
+            room = self._flow_control()
+            messages = self._consumer.consume(num_messages=room, timeout=0) if room else []
             for message in messages:
                 self._accept(message)
             self._in_flight.set(self.tracker.in_flight)
@@ -164,17 +170,31 @@ class SinkRunner:
             if time.monotonic() >= next_commit:
                 self._commit(asynchronous=True)
                 next_commit = time.monotonic() + self.commit_interval_s
-            idle = 0 if messages else min(idle + 1, 25)
-            await asyncio.sleep(idle * 0.002)  # 0 when busy: yield to the lanes
+            idle = 0 if messages or not room else min(idle + 1, 25)
+            # 0 when busy (yield to the lanes); when full, look again soon: lanes are draining
+            await asyncio.sleep(idle * 0.002 if room else 0.001)
 
-    def _flow_control(self) -> None:
+    def _flow_control(self, now: float | None = None) -> int:
+        """How many records to read now (0: do not call consume); pauses after a long stall."""
         in_flight = self.tracker.in_flight
-        if not self._paused and in_flight >= self.options.max_in_flight:
-            self._consumer.pause(self._consumer.assignment())
-            self._paused = True
-        elif self._paused and in_flight <= self.options.max_in_flight // 2:
-            self._consumer.resume(self._consumer.assignment())
-            self._paused = False
+        limit = self.options.max_in_flight
+        if self._paused:
+            if in_flight <= limit // 2:
+                self._consumer.resume(self._consumer.assignment())
+                self._paused = False
+                self._full_since = None
+            return max(1, min(500, limit - in_flight))  # paused: consume only serves callbacks
+        if in_flight < limit:
+            self._full_since = None
+            return min(500, limit - in_flight)
+        now = time.monotonic() if now is None else now
+        if self._full_since is None:
+            self._full_since = now
+        if now - self._full_since < PAUSE_AFTER_S:
+            return 0
+        self._consumer.pause(self._consumer.assignment())
+        self._paused = True
+        return 1
 
     # ------------------------------------------------------------------ records
 
