@@ -99,6 +99,7 @@ class Reorderer:
         self._by_state = {p.state: p for p in providers}
         self._windows = {name: s.reorder_window_s for name, s in settings.sources.items()}
         self._default_window = settings.reorderer.window_s
+        self.early_release = settings.reorderer.early_release
         self._reader = AttributeReader(EnvelopeDeserializer(settings.bridge.schema_registry_url))
         self._partitions: dict[TopicPartitionKey, _Partition] = {}
         self.stage_metrics = stage_metrics
@@ -210,7 +211,7 @@ class Reorderer:
         for (state_topic, number), entries in records.items():
             provider = self._by_state[state_topic]
             position = max(0, committed.get((provider.unique, number), 0))
-            part = _Partition(provider, number, ReorderBuffer())
+            part = _Partition(provider, number, ReorderBuffer(self.early_release))
             for input_offset in sorted(entries):
                 data = entries[input_offset]
                 if input_offset >= position:

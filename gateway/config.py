@@ -77,6 +77,7 @@ class CompactorSettings:
 @dataclass(frozen=True)
 class ReordererSettings:
     window_s: float = 5.0
+    early_release: bool = False
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9102
     commit_interval_ms: int = 100

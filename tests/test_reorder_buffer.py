@@ -39,11 +39,11 @@ steps = st.lists(
 
 
 @settings(max_examples=300, deadline=None)
-@given(steps)
+@given(steps, st.booleans())
 def test_every_event_once_sorted_except_late_and_never_past_its_bound(
-    plan: list[tuple[int, float, float, bool]],
+    plan: list[tuple[int, float, float, bool]], early_release: bool
 ) -> None:
-    buf: ReorderBuffer[Ev] = ReorderBuffer()
+    buf: ReorderBuffer[Ev] = ReorderBuffer(early_release)
     now = 1000.0
     released: list[tuple[Release[Ev], float]] = []
     pending: dict[int, Ev] = {}
@@ -101,12 +101,31 @@ def test_ties_go_in_arrival_order_and_window_releases_a_quiet_partition() -> Non
     assert buf.oldest_arrival() is None
 
 
-def test_event_time_watermark_releases_early() -> None:
-    buf: ReorderBuffer[str] = ReorderBuffer()
-    buf.add(1_000_000, 1.0, 0.0, "old")
-    assert buf.due(0.1) == []
-    buf.add(2_500_000, 1.0, 0.2, "new")  # max seen - window = 1.5 s >= 1.0 s
-    assert [r.item for r in buf.due(0.2)] == ["old"]
+def test_event_time_watermark_releases_early_only_when_enabled() -> None:
+    for early_release, expected in ((True, ["old"]), (False, [])):
+        buf: ReorderBuffer[str] = ReorderBuffer(early_release)
+        buf.add(1_000_000, 1.0, 0.0, "old")
+        assert buf.due(0.1) == []
+        buf.add(2_500_000, 1.0, 0.2, "new")  # max seen - window = 1.5 s >= 1.0 s
+        assert [r.item for r in buf.due(0.2)] == expected
+
+
+def test_a_fast_out_of_order_backlog_comes_out_sorted_by_default() -> None:
+    # A provider replays 20 s of events within 0.3 s, newest first: the wall-clock
+    # window holds them all, so none is late and all leave sorted at the deadline.
+    times_s = [20, 15, 10, 5, 0]
+    for early_release in (False, True):
+        buf: ReorderBuffer[int] = ReorderBuffer(early_release)
+        out = []
+        for i, t in enumerate(times_s):
+            out += buf.add(t * 1_000_000, 5.0, 100.0 + i * 0.075, t)
+            out += buf.due(100.0 + i * 0.075)
+        out += buf.due(106.0)
+        late = [r.item for r in out if r.late]
+        if early_release:
+            assert late  # the watermark released 0..10 before the older ones came
+        else:
+            assert late == [] and [r.item for r in out] == [0, 5, 10, 15, 20]
 
 
 def test_codec_round_trip() -> None:
