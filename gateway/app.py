@@ -33,7 +33,7 @@ from gateway.metrics import UNKNOWN_SOURCE, GatewayMetrics
 from gateway.normalize import normalize
 from gateway.publisher import Publisher, PublishError
 from gateway.topics import TopicNames, names
-from gateway.verify.base import InboundRequest
+from gateway.verify.base import REASONS, InboundRequest
 from schemas.envelope import ce_headers
 from schemas.serde import EnvelopeSerializer
 
@@ -57,6 +57,7 @@ ANSWERS: dict[str, Answer] = {
     "too_large": Answer(413, "too_large", {"error": "body too large"}),
     "too_slow": Answer(408, "too_slow", {"error": "body not received in time"}),
     "unavailable": Answer(503, "unavailable", {"error": "not acknowledged by Kafka, retry"}),
+    "internal_error": Answer(500, "internal_error", {"error": "internal error, retry"}),
 }
 
 
@@ -132,6 +133,14 @@ class WebhookEndpoint:
             )
         except _ClientGone:
             return
+        except Exception as exc:  # a bug: answer and count it; never publish, never crash
+            logs.error(
+                "request failed",
+                source=label,
+                request_id=request_id,
+                error=type(exc).__name__,
+            )
+            status, outcome, body, extra = self._answer("internal_error")
         finally:
             self.in_flight -= 1
             self.metrics.in_flight.dec()
@@ -177,15 +186,26 @@ class WebhookEndpoint:
         try:
             verified = source.verifier.verify(InboundRequest(headers, raw), now)
         except VerificationError as exc:
-            per_source.failures[exc.reason].inc()
+            # A plugin's own reason is logged, counted as "other" (labels stay bounded).
+            reason = exc.reason if exc.reason in REASONS else "other"
+            per_source.failures[reason].inc()
             logs.warning(
                 "verification failed",
                 source=source.name,
-                reason=exc.reason,
-                detail=exc.detail,
+                reason=reason,
+                detail=exc.detail if reason != "other" else f"{exc.reason}: {exc.detail}",
                 request_id=request_id,
             )
-            return self._answer("unauthorized", reason=exc.reason)
+            return self._answer("unauthorized", reason=reason)
+        except Exception as exc:  # a verifier bug fails closed (the message may hold anything)
+            per_source.failures["verifier_error"].inc()
+            logs.error(
+                "verifier raised",
+                source=source.name,
+                error=type(exc).__name__,
+                request_id=request_id,
+            )
+            return self._answer("unauthorized", reason="verifier_error")
         self._verified_counter(source.name, verified.scheme, verified.key_id, verified.mode).inc()
         if self.in_flight > self.max_in_flight:
             per_source.delivery_errors["queue_full"].inc()

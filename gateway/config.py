@@ -242,6 +242,10 @@ def parse(raw: Mapping[str, Any], env: Mapping[str, str], base_dir: Path = Path(
     return settings
 
 
+# Providers whose documentation counts only 200 as delivered (PROVIDERS.md).
+ONLY_200_SCHEMES = frozenset({"justwallet", "jpmorgan"})
+
+
 def _check_values(s: Settings) -> None:
     if s.bridge.log_level not in ("debug", "info", "warning", "error"):
         raise ConfigError("bridge.log_level", "choose one of: debug, info, warning, error")
@@ -259,6 +263,13 @@ def _check_values(s: Settings) -> None:
             raise ConfigError(key, "must be at least 1")
     if not 0 < s.gateway.port < 65536:
         raise ConfigError("gateway.port", "must be between 1 and 65535")
+    # Guarantee 1 rests on these two: a 2xx means every in-sync replica has the event,
+    # and a retried produce cannot write it twice or out of order.
+    producer = s.producer_config()
+    if str(producer.get("acks", "all")).lower() not in ("all", "-1"):
+        raise ConfigError("kafka.producer.acks", "must be all (or -1): a 2xx promises acks=all")
+    if str(producer.get("enable.idempotence", "true")).lower() in ("false", "0"):
+        raise ConfigError("kafka.producer.enable.idempotence", "must stay true")
 
 
 def _kafka(
@@ -361,8 +372,12 @@ def _source(
         text = env.get(env_name(f"{where}.select.{key}"), select.get(key, defaults.get(key)))
         parsed[key] = None if text is None else parse_selector(text, f"{where}.select.{key}")
     status = _scalar(table, "success_status", int, where, env, default=200)
-    if status not in (200, 201, 202, 204):
-        raise ConfigError(f"{where}.success_status", "choose one of: 200, 201, 202, 204")
+    if status not in (200, 201, 202):  # the answer carries a JSON body: never 204
+        raise ConfigError(f"{where}.success_status", "choose one of: 200, 201, 202")
+    if status != 200 and scheme in ONLY_200_SCHEMES:
+        raise ConfigError(
+            f"{where}.success_status", f"must be 200: {scheme} counts any other code as a failure"
+        )
     body_limit = _scalar(table, "body_limit", int, where, env, default=gateway.body_limit)
     deadline_s = _scalar(table, "deadline_s", float, where, env, default=gateway.deadline_s)
     if body_limit < 1:

@@ -24,6 +24,7 @@ OUTCOMES = (
     "unavailable",
     "not_found",
     "method_not_allowed",
+    "internal_error",
 )
 DELIVERY_ERRORS = ("timeout", "queue_full", "broker", "fatal")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 2.5, 3.0, 5.0)

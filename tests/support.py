@@ -45,6 +45,7 @@ partitions = 2
 scheme = "jiko"
 secrets = ["JIKO_WEBHOOK_SECRET"]
 body_limit = 4096
+success_status = 202
 [sources.fintoc]
 scheme = "fintoc"
 secrets = ["FINTOC_WEBHOOK_SECRET"]
@@ -52,7 +53,6 @@ deadline_s = 1.0
 [sources.justwallet]
 scheme = "justwallet"
 secrets = ["JUSTWALLET_WEBHOOK_SECRET"]
-success_status = 202
 {extra}
 """
 

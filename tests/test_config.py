@@ -53,6 +53,17 @@ def test_defaults_and_frozen() -> None:
         (MINIMAL.replace("JIKO_WEBHOOK_SECRET", "UNSET_SECRET_VAR"), "sources.jiko.secrets"),
         (MINIMAL + 'colour = "red"\n', "sources.jiko.colour"),
         (MINIMAL + "success_status = 500\n", "sources.jiko.success_status"),
+        (MINIMAL + "success_status = 204\n", "sources.jiko.success_status"),  # has a body
+        (
+            MINIMAL + '\n[sources.jw]\nscheme = "justwallet"\nsecrets = ["JIKO_WEBHOOK_SECRET"]\n'
+            "success_status = 202\n",
+            "sources.jw.success_status",
+        ),
+        (MINIMAL + '\n[kafka.producer]\nacks = "1"\n', "kafka.producer.acks"),
+        (
+            MINIMAL + '\n[kafka.producer]\n"enable.idempotence" = false\n',
+            "kafka.producer.enable.idempotence",
+        ),
         (MINIMAL + "body_limit = 0\n", "sources.jiko.body_limit"),
         (MINIMAL + '[sources.jiko.select]\nid = "a..b["\n', "sources.jiko.select.id"),
         (MINIMAL + "[sources.jiko.select]\nwhat = 'x'\n", "sources.jiko.select.what"),

@@ -171,7 +171,7 @@ def test_verified_but_malformed_body_is_quarantined_and_acknowledged(gateway: Ga
     marker = f"q-{time.time_ns()}"
     body = f'{{"payload": "{marker}", "broken": '.encode()
     response = gateway.post("jiko", body, gateway.signed("jiko", body))
-    assert response.status_code == 200
+    assert response.status_code == gateway.settings.sources["jiko"].success_status == 202
     assert response.json()["status"] == "quarantined"
     assert response.json()["reason"] == "body is not valid JSON"
     found = [

@@ -39,6 +39,8 @@ REASONS = frozenset(
         "expired_key",  # the key matched by id is past its expiry
         "bad_token",  # static token or bearer JWT rejected
         "body_unreadable",  # the scheme needs to parse the body and cannot
+        "other",  # a plugin scheme's own reason (logged as detail), outside this set
+        "verifier_error",  # the verifier raised something else: a bug; fails closed
     }
 )
 
