@@ -238,6 +238,13 @@ class WebhookEndpoint:
             )
             return self._unavailable()
         per_source.publish.observe(time.perf_counter() - publish_started)
+        logs.debug(  # one line per published request at log_level = "debug"
+            "published",
+            source=source.name,
+            event_id=envelope.event_id,
+            request_id=request_id,
+            topic=topic,
+        )
         if quarantined:
             logs.warning(
                 "quarantined",

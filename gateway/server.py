@@ -19,12 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_argument(parser)
     parser.add_argument("--host", help="listen address (default gateway.host)")
     parser.add_argument("--port", type=int, help="listen port (default gateway.port)")
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=1,
-        help="uvicorn worker processes (each has its own producer)",
-    )
+    # One process per gateway: its metrics and readiness are per process. Scale out
+    # with replicas (or several processes behind a balancer), not uvicorn workers.
 
 
 def run(args: argparse.Namespace) -> int:

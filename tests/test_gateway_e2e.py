@@ -215,6 +215,34 @@ def test_send_command_posts_a_signed_webhook(
     line = capsys.readouterr().out.strip()
     assert line.startswith("200 ")
     assert json.loads(line[4:])["status"] == "accepted"
+    # A body the gateway can only quarantine is stored, but `send` says it failed.
+    broken = write_file(tmp_path / "broken.json", '{"half": ')  # type: ignore[operator]
+    argv = ["send", "jiko", "--body", str(broken), "--config", str(config), "--url", gateway.url]
+    assert main(argv) == 1
+    assert json.loads(capsys.readouterr().out.strip()[4:])["status"] == "quarantined"
+
+
+def test_send_to_a_header_typed_scheme_needs_no_event_option(
+    kafka: KafkaCluster,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """GitHub carries the event type in X-GitHub-Event: `send` must set one by default."""
+    from gateway.cli import main
+    from tests.support import DEMO_ENV, write_file
+
+    for key, value in DEMO_ENV.items():
+        monkeypatch.setenv(key, value)
+    extra = '[sources.gh]\nscheme = "github"\nsecrets = ["GITHUB_WEBHOOK_SECRET"]\n'
+    text = gateway_toml(kafka.bootstrap, f"send-gh-{time.time_ns()}", extra)
+    settings = settings_from_toml(text, DEMO_ENV)
+    ensure_topics(settings.admin_config(), implied_topics(settings))
+    config = write_file(tmp_path / "c.toml", text)  # type: ignore[operator]
+    with serve(create_app(settings)) as url:
+        assert main(["send", "gh", "--config", str(config), "--url", url]) == 0
+    answer = json.loads(capsys.readouterr().out.strip()[4:])
+    assert answer["status"] == "accepted", answer
 
 
 def test_body_sent_too_slowly_is_408(kafka: KafkaCluster) -> None:
