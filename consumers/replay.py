@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import sys
 import time
@@ -23,7 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gateway import logs
-from gateway.config import Settings
+from gateway.config import Settings, SinkSettings
 from gateway.errors import ConfigError
 
 
@@ -125,7 +126,10 @@ async def replay(
         }
     )
     report = ReplayReport()
-    sink = None if dry_run else build_sink(sink_settings, SinkContext(settings, env))
+    sink = None
+    if not dry_run:
+        replay_settings, replay_sink = _own_identity(settings, sink_settings)
+        sink = build_sink(replay_sink, SinkContext(replay_settings, env))
     try:
         assignment = []
         for topic in rng.topics:
@@ -248,3 +252,17 @@ def run(args: argparse.Namespace) -> int:
     report = asyncio.run(replay(settings, args.sink, rng, dry_run=args.dry_run))
     print(report.line(args.dry_run))
     return 0 if report.failed == 0 else 1
+
+
+def _own_identity(settings: Settings, sink: SinkSettings) -> tuple[Settings, SinkSettings]:
+    """Settings under which the replay's sink cannot take over the running fan-out's
+    identity: a transactional sink (kafka) that reused the fan-out's transactional.id
+    would fence the live process. The suffix is unique per replay run."""
+    suffix = f"replay.{os.getpid()}.{int(time.time())}"
+    fanout = dataclasses.replace(
+        settings.fanout, instance_id=f"{settings.fanout.instance_id}.{suffix}"
+    )
+    options = dict(sink.options)
+    if isinstance(options.get("transactional_id"), str):
+        options["transactional_id"] = f"{options['transactional_id']}.{suffix}"
+    return dataclasses.replace(settings, fanout=fanout), dataclasses.replace(sink, options=options)

@@ -99,3 +99,36 @@ def test_replay_offset_range_time_range_and_dry_run(
     line, got = run(ReplayRange((topic,), from_ms=since, idle_timeout_s=2))
     assert got == ["r6", "r7"]
     assert all(d.verified for d in receiver.snapshot())
+
+
+@pytest.mark.kafka
+def test_replay_into_a_kafka_sink_leaves_the_running_fanout_unfenced(
+    kafka: KafkaCluster, unique_name: Callable[[str], str]
+) -> None:
+    """A kafka sink is transactional: a replay that took the fan-out's transactional.id
+    would fence the live process, whose next commit would fail."""
+    from consumers.sinks import Event, SinkContext, build_sink
+    from tests.support import read_topic
+
+    prefix = unique_name("rpk")
+    out_topic = unique_name("rpk-out")
+    settings = make_settings(kafka.bootstrap, prefix, {"k": {"type": "kafka", "topic": out_topic}})
+    source = names(settings).ordered("acme")
+    ensure_topics(settings.admin_config(), [TopicSpec(source, 1, 1), TopicSpec(out_topic, 1, 1)])
+    produce(kafka.bootstrap, source, [envelope(f"p{i}", "K", seq=i) for i in range(2)])
+
+    async def go() -> None:
+        live = build_sink(settings.sinks["k"], SinkContext(settings, ENV))
+        try:
+            await live.deliver(Event(envelope("live-1", "K"), b"", b"K", [], source, 0, 0))
+            rng = ReplayRange((source,), idle_timeout_s=2)
+            report = await replay(settings, "k", rng, env=ENV, out=io.StringIO())
+            assert report.line(False) == "replay: read=2 delivered=2 failed=0 skipped=0"
+            live.commit_offsets([], None)  # fenced (SinkError) if replay took its id
+        finally:
+            await live.close()
+
+    asyncio.run(go())
+    records = read_topic(kafka.bootstrap, out_topic, expect=3)
+    assert len(records) == 3  # two replayed + the live one, all committed
+    assert {m.key() for m in records} == {b"K"}
