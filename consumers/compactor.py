@@ -109,8 +109,9 @@ class Compactor:
             name: int(s.dedup_horizon_s * 1000) for name, s in settings.sources.items()
         }
         self._default_horizon_ms = default_ms
+        deserializer = EnvelopeDeserializer(settings.bridge.schema_registry_url)
         self._reader: AttributeReader = AttributeReader(
-            EnvelopeDeserializer(settings.bridge.schema_registry_url), need_time=False
+            deserializer, need_time=False, framed=deserializer.framed
         )
         self.stage_metrics = stage_metrics
         self.metrics = metrics

@@ -100,7 +100,8 @@ class Reorderer:
         self._windows = {name: s.reorder_window_s for name, s in settings.sources.items()}
         self._default_window = settings.reorderer.window_s
         self.early_release = settings.reorderer.early_release
-        self._reader = AttributeReader(EnvelopeDeserializer(settings.bridge.schema_registry_url))
+        deserializer = EnvelopeDeserializer(settings.bridge.schema_registry_url)
+        self._reader = AttributeReader(deserializer, framed=deserializer.framed)
         self._partitions: dict[TopicPartitionKey, _Partition] = {}
         self.stage_metrics = stage_metrics
         self.metrics = metrics

@@ -140,6 +140,16 @@ class EnvelopeDeserializer:
         except (KeyError, TypeError, ValueError) as exc:
             raise SerdeError(f"envelope record is incomplete: {type(exc).__name__}") from exc
 
+    def framed(self, data: bytes | None) -> bool:
+        """A cheap look at the framing only (no decode): could `self(data)` read it?"""
+        if not data or len(data) < 5:
+            return False
+        if data[:2] == SO_MAGIC:
+            return len(data) > 10 and data[2:10] in self._by_fingerprint
+        if data[0] == CONFLUENT_MAGIC:
+            return self._registry is not None or struct.unpack(">I", data[1:5])[0] in self._by_id
+        return False
+
     def _writer_by_id(self, schema_id: int) -> Any:
         writer = self._by_id.get(schema_id)
         if writer is not None:

@@ -3,7 +3,9 @@
 Decoding an envelope costs tens of microseconds; reading the headers a few. The
 gateway always writes the headers, so the decoder runs only for records from
 other writers, and a record with neither usable headers nor a decodable value is
-quarantined by the caller.
+quarantined by the caller. With complete headers the value is still checked for
+its framing (magic bytes and a known schema fingerprint or id: well under a
+microsecond), so garbage under good headers is quarantined, not passed on.
 """
 
 from __future__ import annotations
@@ -50,9 +52,15 @@ def parse_ce_time(text: bytes) -> int:
 class AttributeReader:
     """`read(key, value, headers)`: headers first, `decode(value)` for what is missing."""
 
-    def __init__(self, decode: Callable[[bytes | None], Envelope], need_time: bool = True) -> None:
+    def __init__(
+        self,
+        decode: Callable[[bytes | None], Envelope],
+        need_time: bool = True,
+        framed: Callable[[bytes | None], bool] | None = None,
+    ) -> None:
         self._decode = decode
         self._need_time = need_time  # the compactor does not order, so skips parsing ce_time
+        self._framed = framed  # cheap framing check for the header-only path
 
     def read(self, key: bytes | None, value: bytes | None, headers: Headers | None) -> Attributes:
         found = dict(headers) if headers else {}  # later headers override earlier ones
@@ -67,6 +75,8 @@ class AttributeReader:
             except (ValueError, UnicodeDecodeError):
                 occurred_us = None
         if event_id and source is not None and subject is not None and occurred_us is not None:
+            if self._framed is not None and not self._framed(value):
+                raise UnroutableRecord("undecodable")
             return Attributes(event_id, _source_name(source), subject, occurred_us)
         try:
             env = self._decode(value)
