@@ -54,6 +54,13 @@ class StageMetrics:
             buckets=_TXN_BUCKETS,
             registry=registry,
         )
+        self.commit_duration = Histogram(
+            "webhook_bridge_stage_commit_duration_seconds",
+            "Commit protocol of one transaction: flush outputs, changelog, offsets, commit.",
+            ("stage",),
+            buckets=_TXN_BUCKETS,
+            registry=registry,
+        )
         self.aborted = Counter(
             "webhook_bridge_stage_transactions_aborted_total",
             "Transactions aborted (the input is rewound and reprocessed).",
@@ -80,6 +87,7 @@ class StageMetrics:
         for reason in QUARANTINE_REASONS:
             self.quarantined.labels(stage, reason)
         self.transaction_duration.labels(stage)
+        self.commit_duration.labels(stage)
         self.aborted.labels(stage)
         self.rebalances.labels(stage)
 

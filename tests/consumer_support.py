@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -243,6 +244,14 @@ class StageProcess:
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+    def metrics(self) -> str:
+        """Scrape the stage's /metrics (its port is in the "ops endpoint listening" line)."""
+        assert self.log_path is not None
+        text = self.log_path.read_text(errors="replace")
+        port = int(text.split("ops endpoint listening")[1].split("port=")[1].split()[0])
+        url = f"http://127.0.0.1:{port}/metrics"
+        return urllib.request.urlopen(url, timeout=5).read().decode()  # type: ignore[no-any-return]
 
     def kill(self) -> None:
         if self.alive():

@@ -62,6 +62,9 @@ def test_duplicates_and_shuffled_times_come_out_once_sorted_and_late_marked(
             producer.send(names.raw("acme"), env)  # a duplicate of a late one
         producer.flush()
         time.sleep(0.5)
+        for proc in (compactor, reorderer):  # the commit phase is timed on its own
+            commits = _sample(proc.metrics(), "webhook_bridge_stage_commit_duration_seconds_count")
+            assert commits > 0, proc.stage
         assert compactor.terminate() == 0
         assert reorderer.terminate() == 0
         out = read_topic(kafka.bootstrap, names.ordered("acme"), expect=len(events) + 5, idle_s=1.0)
@@ -81,3 +84,7 @@ def test_duplicates_and_shuffled_times_come_out_once_sorted_and_late_marked(
         assert q.headers["x-origin-topic"] == names.raw("acme").encode()
     finally:
         stages.close()
+
+
+def _sample(exposition: str, name: str) -> float:
+    return sum(float(line.split()[-1]) for line in exposition.splitlines() if line.startswith(name))

@@ -288,6 +288,7 @@ class StageLoop:
 
         self.logic.prepare_commit(self._output)  # last changelog records of the batch
         txn, producer = self._txn, self._producer
+        committing = time.monotonic()
         # Step 4: outputs acknowledged before any changelog record leaves.
         self._flush()
         # Step 5: changelog records, co-partitioned with the input.
@@ -303,9 +304,9 @@ class StageLoop:
         self._flush()  # changelog acks: their offsets become the local checkpoints
         # Step 7: commit.
         producer.commit_transaction(TXN_TIMEOUT_S)
-        self.metrics.transaction_duration.labels(self.s.stage).observe(
-            time.monotonic() - txn.started
-        )
+        done = time.monotonic()
+        self.metrics.transaction_duration.labels(self.s.stage).observe(done - txn.started)
+        self.metrics.commit_duration.labels(self.s.stage).observe(done - committing)
         self._txn = _Txn()
         self.logic.committed(txn.state_offsets)
 
