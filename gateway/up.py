@@ -22,15 +22,15 @@ import sys
 import time
 import tomllib
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from gateway import config as config_module
-from gateway.broker import EmbeddedBroker, port_in_use
+from gateway.broker import EmbeddedBroker, port_in_use, wait_for_metadata
 from gateway.cli import add_config_argument
-from gateway.errors import BridgeError
+from gateway.errors import BridgeError, BrokerError
 from gateway.topics import ensure_topics, implied_topics
 
 LOOPBACK = ("127.0.0.1", "localhost")
@@ -68,9 +68,11 @@ def _log(message: str) -> None:
     print(f"[up] {message}", flush=True)
 
 
-def _wait_http(url: str, timeout_s: float, process: subprocess.Popen[bytes]) -> bool:
+def _wait_http(
+    url: str, timeout_s: float, process: subprocess.Popen[bytes], stopping: Callable[[], bool]
+) -> bool:
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not stopping():
         if process.poll() is not None:
             return False
         try:
@@ -103,6 +105,14 @@ def run(args: argparse.Namespace) -> int:
         broker.start()
         _log(f"embedded broker (Tansu) on {broker.bootstrap}, memory only")
     else:
+        try:  # something holds the address: it must answer as Kafka
+            wait_for_metadata(settings.admin_config()["bootstrap.servers"], 10)
+        except BrokerError:
+            raise BrokerError(
+                f"{bootstrap} is taken by something that does not answer as Kafka; free it, "
+                "or run the embedded broker elsewhere: "
+                "BRIDGE_KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:19092 make run"
+            ) from None
         _log(f"using the Kafka at {settings.kafka['bootstrap.servers']}")
 
     children: list[tuple[str, subprocess.Popen[bytes]]] = []
@@ -124,10 +134,13 @@ def run(args: argparse.Namespace) -> int:
         for name, argv, health in plan:
             process = subprocess.Popen([sys.executable, "-m", "gateway.cli", *argv])  # noqa: S603
             children.append((name, process))
-            if health and not _wait_http(health, 60, process):
+            if health and not _wait_http(health, 60, process, lambda: stopping):
+                if stopping:
+                    break  # Ctrl-C while waiting: stop what has started
                 raise BridgeError(f"{name} did not become healthy at {health}")
             _log(f"{name} up (pid {process.pid})" + (f", {health}" if health else ""))
-        _print_howto(settings, args.config)
+        if not stopping:
+            _print_howto(settings, args.config)
         while not stopping:
             for name, process in children:
                 if process.poll() is not None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -51,17 +53,22 @@ def test_up_starts_everything_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         cwd=REPO,
     )
     lines: list[str] = []
+    stdout = process.stdout
+    assert stdout is not None
+    reader = threading.Thread(target=lambda: lines.extend(iter(stdout.readline, "")))
+    reader.start()
+
+    def wait_for(text: str, timeout_s: float) -> str:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and process.poll() is None:
+            output = "".join(lines)
+            if text in output:
+                return output
+            time.sleep(0.1)
+        return "".join(lines)
+
     try:
-        assert process.stdout is not None
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            line = process.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if "webhook-bridge is running" in line:
-                break
-        output = "".join(lines)
+        output = wait_for("webhook-bridge is running", 120)
         assert "webhook-bridge is running" in output, output
         assert "embedded broker (Tansu)" in output
         base = f"http://127.0.0.1:{ports['gateway']}"
@@ -80,18 +87,51 @@ def test_up_starts_everything_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         )
         assert sent.returncode == 0, sent.stdout + sent.stderr
         assert sent.stdout.startswith("200 ")
+        for name in ("compactor", "reorderer", "fanout", "receiver:demo-receiver"):
+            assert f"{name} up" in output, output
         for name in ("compactor", "reorderer", "fanout"):
-            if f"{name} up" in output:
-                metrics = httpx.get(f"http://127.0.0.1:{ports[name]}/healthz")
-                assert metrics.status_code == 200
+            assert httpx.get(f"http://127.0.0.1:{ports[name]}/healthz").status_code == 200
+        # ... and the newcomer sees it arrive, signed, at the demo receiver: through the
+        # compactor, the reorderer (its window) and the fan-out's HTTP sink.
+        event_id = json.loads(sent.stdout[4:])["event_id"]
+        arrived = f"event id={event_id} provider=jiko"
+        output = wait_for(arrived, 60)
+        line = next((x for x in output.splitlines() if arrived in x), "")
+        assert line.endswith("verified=yes"), output[-3000:]
     finally:
         process.send_signal(signal.SIGINT)
         try:
-            rest, _ = process.communicate(timeout=60)
+            process.wait(timeout=60)
         except subprocess.TimeoutExpired:
             process.kill()
-            rest, _ = process.communicate()
-    assert process.returncode == 0, "".join(lines) + rest
+            process.wait()
+        reader.join(10)
+    rest = "".join(lines)
+    assert process.returncode == 0, rest
     assert "embedded broker stopped" in rest
     for port in (ports["gateway"], ports["broker"]):
         assert not port_in_use("127.0.0.1", port)
+
+
+def test_up_refuses_a_broker_address_held_by_something_else(tmp_path: Path) -> None:
+    """A port taken by a process that is not Kafka: one clear line, no traceback."""
+    import socket
+
+    config, ports = demo_config_on_free_ports(tmp_path)
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", ports["broker"]))
+        squatter.listen()
+        done = subprocess.run(
+            [sys.executable, "-m", "gateway.cli", "up", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=120,
+            env={**os.environ, **DEMO_ENV},
+        )
+    assert done.returncode != 0
+    assert f"127.0.0.1:{ports['broker']} is taken by something that does not answer as Kafka" in (
+        done.stderr
+    )
+    assert "Traceback" not in done.stderr
+    assert not port_in_use("127.0.0.1", ports["gateway"])
