@@ -24,7 +24,32 @@ OPEN_SOURCE = """
 scheme = "none"
 allow_unverified = true
 body_limit = 2048
+[sources.svix]
+scheme = "standard-webhooks"
+secrets = ["SVIX_WEBHOOK_SECRET"]
+[sources.stripe]
+scheme = "stripe"
+secrets = ["STRIPE_WEBHOOK_SECRET"]
+[sources.github]
+scheme = "github"
+secrets = ["GITHUB_WEBHOOK_SECRET"]
+[sources.jpmorgan]
+scheme = "jpmorgan"
+[sources.jpmorgan.verify]
+methods = ["static-headers"]
+static_headers = { "X-Custom-Key" = "JPMORGAN_WEBHOOK_SECRET" }
+[sources.declared]
+scheme = "hmac"
+secrets = ["JIKO_WEBHOOK_SECRET"]
+[sources.declared.verify]
+header = "X-Sig"
+format = "kv"
+timestamp_key = "t"
+signature_key = "v1"
+template = "{timestamp}.{body}"
+tolerance_s = 300
 """
+VERIFYING = ["jiko", "fintoc", "justwallet", "svix", "stripe", "github", "jpmorgan", "declared"]
 ALLOWED = {200, 202, 401, 404, 405, 413}
 header_names = st.sampled_from(
     [
@@ -37,6 +62,13 @@ header_names = st.sampled_from(
         "x-request-id",
         "stripe-signature",
         "x-anything",
+        "webhook-id",
+        "webhook-timestamp",
+        "webhook-signature",
+        "x-hub-signature-256",
+        "x-github-event",
+        "x-custom-key",
+        "x-sig",
     ]
 ) | st.text(
     alphabet=st.characters(min_codepoint=33, max_codepoint=126, exclude_characters=":"),
@@ -75,7 +107,7 @@ def fuzz_app(kafka: KafkaCluster) -> Iterator[tuple[TestClient, Settings]]:
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(
-    source=st.sampled_from(["jiko", "fintoc", "justwallet", "open", "nope"]),
+    source=st.sampled_from([*VERIFYING, "open", "nope"]),
     method=st.sampled_from(["POST", "POST", "POST", "GET", "PUT"]),
     headers=st.dictionaries(header_names, header_values, max_size=6),
     body=bodies,

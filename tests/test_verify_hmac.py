@@ -102,6 +102,18 @@ def test_vectors(options: dict[str, Any], headers: dict[str, str], reason: str |
     run_case("hmac", make_ctx([SECRET], options), headers, BODY, reason)
 
 
+def test_tampered_body_wrong_secret_and_missing_header_are_refused() -> None:
+    options = {"header": "X-Sig", "timestamp_header": "Ts", "template": "{timestamp}.{body}"}
+    ctx = make_ctx([SECRET], options)
+    good = hmac_digest(SECRET.encode(), TS.encode() + b"." + BODY).hex()
+    assert run_case("hmac", ctx, {"X-Sig": good, "Ts": TS}, BODY, None) is not None
+    run_case("hmac", ctx, {"X-Sig": good, "Ts": TS}, BODY + b" ", "bad_signature")  # tampered
+    wrong = hmac_digest(b"another-secret", TS.encode() + b"." + BODY).hex()
+    run_case("hmac", ctx, {"X-Sig": wrong, "Ts": TS}, BODY, "bad_signature")
+    run_case("hmac", ctx, {"Ts": TS}, BODY, "missing_header")
+    run_case("hmac", ctx, {"X-Sig": "not-hex!", "Ts": TS}, BODY, "malformed_header")
+
+
 def test_base64_key_after_prefix() -> None:
     options = {"header": "Sig", "key_encoding": "base64", "key_prefix": "whsec_"}
     headers = {"Sig": hmac_digest(KEY, BODY).hex()}
