@@ -2,7 +2,9 @@
 
 ``metric_names_used()`` is the list the process-level drift test checks against what
 the real processes expose: it is read from the files (alert expressions and dashboard
-queries), never maintained by hand.
+queries), never maintained by hand. ``label_domains(settings)`` is every value each
+label of each metric can take, built from the code's own constants and the config;
+``matcher_problems()`` checks the label matchers of a PromQL text against it.
 
 Run as a module to regenerate the derived Kubernetes manifests::
 
@@ -19,11 +21,17 @@ import shutil
 import sys
 import tomllib
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from functools import cache
+from itertools import combinations
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
+
+if TYPE_CHECKING:
+    from gateway.config import Settings, SourceSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -46,6 +54,7 @@ DEMO_CONFIG = DEPLOY / "demo.toml"
 METRIC_CATALOGUE = frozenset(
     {
         "webhook_bridge_gateway_requests_total",
+        "webhook_bridge_stage_commit_duration_seconds",
         "webhook_bridge_gateway_verification_failures_total",
         "webhook_bridge_gateway_verified_total",
         "webhook_bridge_gateway_publish_duration_seconds",
@@ -81,6 +90,7 @@ METRIC_CATALOGUE = frozenset(
 
 _METRIC_RE = re.compile(r"webhook_bridge_[a-z_]+")
 _HISTOGRAM_SUFFIX_RE = re.compile(r"_(bucket|sum|count)$")
+_SCRAPED_SUFFIX_RE = re.compile(r"_(bucket|sum|count|created)$")
 
 # A value every secret parser accepts: >= 16 characters, and base64 after
 # "whsec_" (Standard Webhooks decodes it).
@@ -150,6 +160,356 @@ def metric_names_used() -> list[str]:
     """Every webhook_bridge_* metric the alerts and the dashboard query, sorted."""
     texts = alert_expressions() + dashboard_queries(load_dashboard())
     return sorted(metric_names_in(texts))
+
+
+# --------------------------------------------------------------------------- label values
+
+# Prometheus' own per-target series: its labels come from the scrape config, not the code.
+UP = "up"
+
+
+def catalogue_metric(sample_name: str) -> str | None:
+    """The catalogue metric a scraped sample belongs to (``_bucket``/``_sum``/``_count``/
+    ``_created`` folded to the histogram or counter), or None for a name outside it."""
+    if sample_name in METRIC_CATALOGUE:
+        return sample_name
+    base = _SCRAPED_SUFFIX_RE.sub("", sample_name)
+    for name in (base, f"{base}_total"):
+        if name in METRIC_CATALOGUE:
+            return name
+    return None
+
+
+def metric_of(sample_name: str) -> str:
+    """`catalogue_metric()`, or for a metric outside the catalogue its name without the
+    histogram suffixes."""
+    return catalogue_metric(sample_name) or _SCRAPED_SUFFIX_RE.sub("", sample_name)
+
+
+@dataclass(frozen=True)
+class CodeMetric:
+    labels: frozenset[str]  # label names, without le
+    buckets: frozenset[str]  # the le values of a histogram, else empty
+
+
+@cache
+def code_metrics() -> Mapping[str, CodeMetric]:
+    """`metric_of()` name -> its label names and ``le`` values, read from the metric classes
+    themselves: each is built in a scratch registry with one child per label set."""
+    from prometheus_client import CollectorRegistry
+
+    from consumers.fanout.metrics import FanoutMetrics
+    from consumers.metrics import CompactorMetrics, ReordererMetrics, StageMetrics
+    from gateway.metrics import GatewayMetrics
+
+    registry = CollectorRegistry()
+    gateway = GatewayMetrics([("source", 1.0)], registry)
+    gateway.verified.labels("source", "scheme", "key_id", "mode")  # created on first use
+    StageMetrics("stage", ["provider"], registry)
+    CompactorMetrics(["provider"], registry)
+    ReordererMetrics(["provider"], registry)
+    FanoutMetrics(registry).init_sinks(["sink"], ["provider"])
+    labels: dict[str, set[str]] = {}
+    buckets: dict[str, set[str]] = {}
+    for family in registry.collect():
+        for sample in family.samples:
+            name = metric_of(sample.name)
+            labels.setdefault(name, set()).update(k for k in sample.labels if k != "le")
+            if "le" in sample.labels:
+                buckets.setdefault(name, set()).add(sample.labels["le"])
+    return {
+        name: CodeMetric(frozenset(names), frozenset(buckets.get(name, ())))
+        for name, names in labels.items()
+    }
+
+
+def client_default_label_domains() -> dict[str, dict[str, frozenset[str]]]:
+    """metric -> label -> values of prometheus_client's default collectors (process, platform,
+    gc), which a process serving the global REGISTRY exposes too; read from the collectors."""
+    from prometheus_client import (
+        CollectorRegistry,
+        GCCollector,
+        PlatformCollector,
+        ProcessCollector,
+    )
+
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    found: dict[str, dict[str, set[str]]] = {}
+    for family in registry.collect():
+        for sample in family.samples:
+            labels = found.setdefault(metric_of(sample.name), {})
+            for key, value in sample.labels.items():
+                labels.setdefault(key, set()).add(value)
+    return {
+        metric: {key: frozenset(values) for key, values in labels.items()}
+        for metric, labels in found.items()
+    }
+
+
+def scrape_components() -> frozenset[str]:
+    """The ``component`` target label the compose Prometheus gives each process."""
+    config = load_yaml(PROMETHEUS_CONFIG)
+    return frozenset(
+        str(static["labels"]["component"])
+        for job in config["scrape_configs"]
+        for static in job.get("static_configs", [])
+        if "component" in static.get("labels", {})
+    )
+
+
+def verifier_key_ids(source: SourceSettings) -> frozenset[str]:
+    """Every ``key_id`` a source's verifier can report: its secrets' names, and for J.P.
+    Morgan the pinned key ids of the bearer JWT and body-signature methods."""
+    from gateway.verify.jpmorgan import JPMorganVerifier
+
+    found = set(source.key_ids)
+    verifier = source.verifier
+    if isinstance(verifier, JPMorganVerifier):
+        if verifier.bearer is not None:
+            found.update(k.kid for k in verifier.bearer.all if k.kid)
+        if verifier.signature is not None:
+            found.update(p.key_id for p in verifier.signature.pinned.values())
+    return frozenset(found)
+
+
+def verifier_modes() -> frozenset[str]:
+    """Every ``mode`` a built-in verifier can report ("" for schemes without modes)."""
+    from gateway.verify import jpmorgan, justwallet
+
+    reserialized = "hmac-reserialized"  # reported as the serialiser that matched
+    assert reserialized in justwallet.MODES, "justwallet.MODES changed: update verifier_modes()"
+    wallet = {m for m in justwallet.MODES if m != reserialized}
+    wallet.update(name for name, _ in justwallet.SERIALISERS)
+    methods = {  # the configured methods, in METHODS order, joined by "+"
+        "+".join(chosen)
+        for size in range(1, len(jpmorgan.METHODS) + 1)
+        for chosen in combinations(jpmorgan.METHODS, size)
+    }
+    return frozenset({"", *wallet, *methods})
+
+
+def label_domains(settings: Settings) -> dict[str, dict[str, frozenset[str]]]:
+    """metric -> label -> every value the code gives that label under `settings`.
+
+    Built from the code's own tables (gateway ANSWERS and OUTCOMES, verification REASONS,
+    DELIVERY_ERRORS, QUARANTINE_REASONS, DLQ_REASONS, the stage names, the verifiers' modes)
+    and the configured sources, providers and sinks, never from copied literals. Every
+    metric of METRIC_CATALOGUE is a key, plus ``up`` (component from the scrape config).
+    """
+    from consumers import compactor, reorderer
+    from consumers.fanout.metrics import DLQ_REASONS
+    from consumers.metrics import QUARANTINE_REASONS
+    from gateway.app import ANSWERS
+    from gateway.metrics import DELIVERY_ERRORS, OUTCOMES, UNKNOWN_SOURCE
+    from gateway.verify.base import REASONS
+
+    configured = frozenset(settings.sources)
+    source = configured | {UNKNOWN_SOURCE}  # an unknown path is counted as _unknown
+    provider = frozenset(settings.providers)
+    sink = frozenset(settings.sinks)
+    stage = frozenset({compactor.STAGE, reorderer.STAGE})
+    outcome = frozenset({*OUTCOMES, *(answer.outcome for answer in ANSWERS.values())})
+    verified = {
+        "source": configured,  # an unknown source never verifies
+        "scheme": frozenset(src.verifier.scheme for src in settings.sources.values()),
+        "key_id": frozenset(
+            {"", *(k for src in settings.sources.values() for k in verifier_key_ids(src))}
+        ),
+        "mode": verifier_modes(),
+    }
+    g, s, f = "webhook_bridge_gateway", "webhook_bridge_stage", "webhook_bridge_fanout"
+    by_source = {"source": source}
+    by_stage = {"stage": stage}
+    by_stage_provider = {"stage": stage, "provider": provider}
+    by_provider = {"provider": provider}
+    by_sink = {"sink": sink}
+    return {
+        f"{g}_requests_total": {"source": source, "outcome": outcome},
+        f"{g}_verification_failures_total": {"source": source, "reason": frozenset(REASONS)},
+        f"{g}_verified_total": verified,
+        f"{g}_publish_duration_seconds": by_source,
+        f"{g}_request_duration_seconds": by_source,
+        f"{g}_deadline_seconds": by_source,
+        f"{g}_in_flight_requests": {},
+        f"{g}_producer_queue_messages": {},
+        f"{g}_delivery_errors_total": {"source": source, "reason": frozenset(DELIVERY_ERRORS)},
+        f"{g}_producer_rebuilds_total": {},
+        f"{g}_body_size_bytes": by_source,
+        f"{s}_consumed_total": by_stage_provider,
+        f"{s}_forwarded_total": by_stage_provider,
+        f"{s}_quarantined_total": {"stage": stage, "reason": frozenset(QUARANTINE_REASONS)},
+        f"{s}_transaction_duration_seconds": by_stage,
+        f"{s}_commit_duration_seconds": by_stage,
+        f"{s}_transactions_aborted_total": by_stage,
+        f"{s}_rebalances_total": by_stage,
+        f"{s}_consumer_lag_messages": by_stage_provider,
+        "webhook_bridge_compactor_duplicates_dropped_total": by_provider,
+        "webhook_bridge_compactor_remembered_ids": by_provider,
+        "webhook_bridge_reorderer_late_events_total": by_provider,
+        "webhook_bridge_reorderer_lateness_seconds": by_provider,
+        "webhook_bridge_reorderer_buffered_events": by_provider,
+        "webhook_bridge_reorderer_oldest_buffered_age_seconds": by_provider,
+        f"{f}_delivered_total": {"sink": sink, "provider": provider},
+        f"{f}_retries_total": by_sink,
+        f"{f}_dead_lettered_total": {"sink": sink, "reason": frozenset(DLQ_REASONS)},
+        f"{f}_delivery_duration_seconds": by_sink,
+        f"{f}_event_age_seconds": by_sink,
+        f"{f}_in_flight": by_sink,
+        f"{f}_breaker_open": by_sink,
+        UP: {"component": scrape_components()},
+    }
+
+
+def allowed_values(
+    domains: Mapping[str, Mapping[str, frozenset[str]]], metric: str, label: str
+) -> frozenset[str] | None:
+    """The values `label` of `metric` can take; for a metric outside `domains` (a new one),
+    that label's values over every known metric. None: no bounded set is known."""
+    if metric in domains:
+        return domains[metric].get(label)
+    sets = [labels[label] for labels in domains.values() if label in labels]
+    return frozenset().union(*sets) if sets else None
+
+
+# --------------------------------------------------------------------------- PromQL matchers
+
+_STRING = r""""(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'"""
+# metric{...} or {...}; not Grafana's ${var}, not the middle of a name
+_SELECTOR_RE = re.compile(rf"""(?<![\w:$])([a-zA-Z_:][\w:]*)?\s*\{{((?:{_STRING}|[^{{}}"'])*)\}}""")
+_MATCHER_RE = re.compile(rf"\s*([a-zA-Z_]\w*)\s*(=~|!~|!=|=)\s*({_STRING})\s*(?:,|$)")
+_GRAFANA_VAR_RE = re.compile(r"\$(\w+)|\$\{(\w+)(?::\w+)?\}|\[\[(\w+)\]\]")
+_LABEL_VALUES_RE = re.compile(r"^\s*label_values\(\s*([a-zA-Z_:][\w:]*)\s*,\s*(\w+)\s*\)\s*$")
+
+
+@dataclass(frozen=True)
+class Matcher:
+    """One ``label op "value"`` of a selector; `metric` is "" for a selector without a name."""
+
+    metric: str
+    label: str
+    op: str
+    value: str
+    selector: str
+
+
+def promql_matchers(text: str) -> list[Matcher]:
+    """Every label matcher of every selector in a PromQL text (ValueError if one is unreadable)."""
+    found: list[Matcher] = []
+    for selector in _SELECTOR_RE.finditer(text):
+        metric, body = selector.group(1) or "", selector.group(2).strip()
+        pos = 0
+        while pos < len(body):
+            match = _MATCHER_RE.match(body, pos)
+            if match is None:
+                raise ValueError(f"cannot read the matchers of {selector.group(0)!r}")
+            label, op, quoted = match.groups()
+            value = re.sub(r"\\(.)", r"\1", quoted[1:-1])
+            found.append(Matcher(metric, label, op, value, selector.group(0)))
+            pos = match.end()
+    return found
+
+
+def dashboard_variables(dashboard: Mapping[str, Any]) -> dict[str, tuple[str, str]]:
+    """Grafana query variable -> (metric, label) of its ``label_values(metric, label)``."""
+    found: dict[str, tuple[str, str]] = {}
+    for var in dashboard.get("templating", {}).get("list", []):
+        if var.get("type") != "query":
+            continue
+        query = var["query"]
+        match = _LABEL_VALUES_RE.match(str(query["query"] if isinstance(query, dict) else query))
+        if match is not None:
+            found[str(var["name"])] = (match.group(1), match.group(2))
+    return found
+
+
+def _bucket_spellings(buckets: frozenset[str]) -> frozenset[str]:
+    """``le`` as the client exposes it ("1.0") and as Prometheus 3 normalises it ("1")."""
+    return buckets | {b.removesuffix(".0") for b in buckets}
+
+
+def _matches_some(regex: str, values: frozenset[str]) -> bool:
+    pattern = re.compile(regex)  # PromQL regexes are anchored at both ends
+    return any(pattern.fullmatch(value) for value in values)
+
+
+def matcher_problems(
+    text: str,
+    domains: Mapping[str, Mapping[str, frozenset[str]]],
+    variables: Mapping[str, tuple[str, str]] | None = None,
+) -> list[str]:
+    """What is wrong with the label matchers of a PromQL text, given `label_domains()`.
+
+    ``=``/``!=`` must name a value the code produces for that metric's label (a ``!=`` on
+    a value that never occurs excludes nothing: a typo); ``=~``/``!~`` must match at least
+    one. A value that is exactly a Grafana variable must be a ``label_values()`` variable of
+    the same label that shares a value with this metric's label; other variables stand
+    for ``.*`` and need a regex operator (they may be multi-valued).
+    """
+    variables = variables or {}
+    try:
+        matchers = promql_matchers(text)
+    except ValueError as exc:
+        return [str(exc)]
+    problems: list[str] = []
+    for m in matchers:
+        where = f"{m.selector}: {m.label}{m.op}{m.value!r}"
+        metric = _HISTOGRAM_SUFFIX_RE.sub("", m.metric)
+        if metric not in domains:
+            problems.append(f"{where}: no known label values for metric {m.metric or '(none)'!r}")
+            continue
+        if m.label == "le" and m.metric.endswith("_bucket") and metric in code_metrics():
+            allowed = _bucket_spellings(code_metrics()[metric].buckets)
+        elif m.label not in domains[metric]:
+            problems.append(f"{where}: {m.metric} has no label {m.label!r}")
+            continue
+        else:
+            allowed = domains[metric][m.label]
+        whole = _GRAFANA_VAR_RE.fullmatch(m.value)
+        if whole is not None:
+            name = next(g for g in whole.groups() if g)
+            if name not in variables:
+                problems.append(f"{where}: ${name} is not a label_values() variable")
+                continue
+            var_metric, var_label = variables[name]
+            shared = domains.get(var_metric, {}).get(var_label, frozenset()) & allowed
+            if var_label != m.label or not shared:
+                problems.append(f"{where}: ${name} holds {var_metric}'s {var_label!r} values")
+            elif m.op not in ("=~", "!~"):
+                problems.append(f"{where}: a multi-value variable needs =~ or !~")
+            continue
+        if _GRAFANA_VAR_RE.search(m.value):
+            if m.op not in ("=~", "!~"):
+                problems.append(f"{where}: a Grafana variable needs =~ or !~")
+                continue
+            value = _GRAFANA_VAR_RE.sub(".*", m.value)
+        else:
+            value = m.value
+        if m.op in ("=", "!="):
+            if value not in allowed:
+                problems.append(f"{where}: not a value of {m.label} ({sorted(allowed)})")
+            continue
+        try:
+            matched = _matches_some(value, allowed)
+        except re.error as exc:
+            problems.append(f"{where}: bad regex ({exc})")
+            continue
+        if not matched:
+            problems.append(f"{where}: matches no value of {m.label} ({sorted(allowed)})")
+    return problems
+
+
+def variable_problems(
+    variables: Mapping[str, tuple[str, str]], domains: Mapping[str, Mapping[str, frozenset[str]]]
+) -> list[str]:
+    """Grafana ``label_values(metric, label)`` variables over a label the metric lacks."""
+    return [
+        f"${name}: label_values({metric}, {label}): {metric} has no label {label!r}"
+        for name, (metric, label) in variables.items()
+        if label not in domains.get(metric, {})
+    ]
 
 
 # --------------------------------------------------------------------------- config

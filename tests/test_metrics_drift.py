@@ -1,5 +1,11 @@
 """No drift between the code and deploy/: the real processes, started against the embedded
-broker, expose every metric the alert rules and the dashboard use, with bounded labels."""
+broker, expose every metric the alert rules and the dashboard use, with bounded labels.
+
+Bounded means: every value of every label is in `label_domains()` (tests/deploy_support.py),
+which is built from the code's own tables and the config. The label matchers of the alert
+rules and the dashboard are checked against the same sets, offline: a matcher on a value the
+code never produces (a typo, a renamed outcome) selects nothing and the alert never fires.
+"""
 
 from __future__ import annotations
 
@@ -16,14 +22,37 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.broker import free_port
+from gateway.config import Settings, load
 from gateway.samples import sample_body
 from gateway.topics import ensure_topics, implied_topics
 from gateway.verify import sign_request
 from tests.conftest import KafkaCluster
-from tests.deploy_support import ALERTS_FILE, find_tool, metric_names_used, require_tool
+from tests.deploy_support import (
+    ALERTS_FILE,
+    COMPOSE_CONFIG,
+    DEMO_CONFIG,
+    K8S_CONFIG,
+    METRIC_CATALOGUE,
+    UP,
+    alert_rules,
+    allowed_values,
+    client_default_label_domains,
+    code_metrics,
+    dashboard_queries,
+    dashboard_variables,
+    dummy_env,
+    find_tool,
+    label_domains,
+    load_dashboard,
+    matcher_problems,
+    metric_names_used,
+    metric_of,
+    promql_matchers,
+    require_tool,
+    variable_problems,
+)
 from tests.support import DEMO_ENV, settings_from_toml
 
-pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 REPO = Path(__file__).resolve().parent.parent
 PROCESSES = ("gateway", "compactor", "reorderer", "fanout")
 
@@ -88,6 +117,8 @@ def running(
                 child.kill()
 
 
+@pytest.mark.kafka
+@pytest.mark.slow
 def test_every_metric_in_alerts_and_dashboard_is_exposed(
     running: tuple[str, dict[str, int]],
 ) -> None:
@@ -95,43 +126,170 @@ def test_every_metric_in_alerts_and_dashboard_is_exposed(
     settings = settings_from_toml(text)
     gateway = f"http://127.0.0.1:{ports['gateway']}"
     marker = uuid.uuid4().hex
-    source = settings.sources["fintoc"]
-    body = sample_body("fintoc", event_id=f"evt_{marker}", now=time.time())
-    headers = sign_request(source.scheme, source.verify_context, body, time.time())
-    assert (
-        httpx.post(f"{gateway}/webhooks/fintoc", content=body, headers=headers).status_code == 200
-    )
+    # A signed request to every source: the verified series (source, scheme, key_id, mode)
+    # are created on first use, so every verifier has to report its labels once.
+    for name, source in settings.sources.items():
+        event_id = f"evt_{name}_{marker}"
+        body = sample_body(source.scheme, event_id=event_id, now=time.time())
+        headers = sign_request(
+            source.scheme, source.verify_context, body, time.time(), event_id=event_id
+        )
+        response = httpx.post(f"{gateway}/webhooks/{name}", content=body, headers=headers)
+        assert response.status_code == source.success_status, (name, response.text)
     assert httpx.post(f"{gateway}/webhooks/fintoc", content=body).status_code == 401
     assert httpx.post(f"{gateway}/webhooks/src-{marker}", content=body).status_code == 404
 
     exposed: set[str] = set()
-    labels: dict[str, set[str]] = {}
+    samples: list[tuple[str, dict[str, str]]] = []
     for name in PROCESSES:
         scrape = httpx.get(f"http://127.0.0.1:{ports[name]}/metrics").text
         for family in text_string_to_metric_families(scrape):
             exposed.add(family.name)
             for sample in family.samples:
                 exposed.add(sample.name)
-                for key, value in sample.labels.items():
-                    labels.setdefault(key, set()).add(value)
+                samples.append((sample.name, sample.labels))
     used = set(metric_names_used())
     assert used, "the deploy files use no metric at all"
     missing = sorted(n for n in used if n not in exposed)
     assert missing == [], f"used in deploy/ but exposed by no process: {missing}"
 
-    bounded = {
-        "source": set(settings.sources) | {"_unknown"},
-        "provider": set(settings.providers),
-        "sink": set(settings.sinks),
-        "stage": {"compactor", "reorderer"},
-        "key_id": {k for s in settings.sources.values() for k in s.key_ids} | {""},
+    # The fan-out serves the global registry: prometheus_client's own collectors come along.
+    domains = {**label_domains(settings), **client_default_label_domains()}
+    code = code_metrics()
+    unbounded: set[str] = set()
+    for sample_name, labels in samples:
+        metric = metric_of(sample_name)
+        for key, value in labels.items():
+            if key == "le":
+                allowed = code[metric].buckets if metric in code else None
+            else:
+                allowed = allowed_values(domains, metric, key)
+            if allowed is None:
+                unbounded.add(f"{metric}: label {key!r} has no known bounded set")
+            elif value not in allowed:
+                unbounded.add(f"{metric}{{{key}={value!r}}}: not in {sorted(allowed)}")
+    assert sorted(unbounded) == []
+    verified = {
+        labels["source"]
+        for sample_name, labels in samples
+        if metric_of(sample_name) == "webhook_bridge_gateway_verified_total"
     }
-    for key, allowed in bounded.items():
-        assert labels.get(key, set()) <= allowed, (key, labels.get(key, set()) - allowed)
-    every_value = {v for values in labels.values() for v in values}
+    assert verified == set(settings.sources), "every source's verified series was checked"
+    every_value = {v for _, labels in samples for v in labels.values()}
     assert not any(marker in value for value in every_value), "a request created a label value"
 
 
+# --------------------------------------------------------------------------- offline
+
+
+def deploy_settings(path: Path) -> Settings:
+    return load(path, env=dummy_env(path))
+
+
+DEPLOY_CONFIGS = [
+    pytest.param(path, id=f"{path.parent.name}-{path.name}")
+    for path in (DEMO_CONFIG, COMPOSE_CONFIG, K8S_CONFIG)
+]
+
+
+def test_label_domains_cover_every_label_the_code_defines() -> None:
+    """The bounded sets are keyed by exactly the labels the metric classes declare."""
+    domains = label_domains(deploy_settings(DEMO_CONFIG))
+    code = code_metrics()
+    assert set(domains) == METRIC_CATALOGUE | {UP}
+    assert set(code) >= METRIC_CATALOGUE, sorted(METRIC_CATALOGUE - set(code))
+    for metric in sorted(METRIC_CATALOGUE):
+        assert set(domains[metric]) == code[metric].labels, metric
+        assert all(domains[metric].values()), f"{metric}: an empty set of values"
+    # A metric outside the catalogue (one being added) must still use known labels only.
+    for metric, found in code.items():
+        for label in found.labels:
+            assert allowed_values(domains, metric, label) is not None, (metric, label)
+
+
+def test_every_gateway_answer_has_a_counted_outcome() -> None:
+    """`ANSWERS` is the one table of answers; each outcome's series exists from the start
+    (GatewayMetrics pre-creates OUTCOMES), or counting that answer would raise KeyError."""
+    from gateway.app import ANSWERS
+    from gateway.metrics import OUTCOMES
+
+    answered = {answer.outcome for answer in ANSWERS.values()}
+    assert answered <= set(OUTCOMES), sorted(answered - set(OUTCOMES))
+    domain = label_domains(deploy_settings(DEMO_CONFIG))["webhook_bridge_gateway_requests_total"]
+    assert answered <= domain["outcome"]
+
+
+@pytest.mark.parametrize("config", DEPLOY_CONFIGS)
+def test_alert_and_dashboard_matchers_use_values_the_code_produces(config: Path) -> None:
+    domains = label_domains(deploy_settings(config))
+    dashboard = load_dashboard()
+    variables = dashboard_variables(dashboard)
+    assert variables, "the dashboard has no label_values() variable: the extraction is broken"
+    problems = variable_problems(variables, domains)
+    for rule in alert_rules():
+        problems += [f"{rule['alert']}: {p}" for p in matcher_problems(rule["expr"], domains)]
+    for query in dashboard_queries(dashboard):
+        problems += [f"dashboard: {p}" for p in matcher_problems(query, domains, variables)]
+    assert problems == []
+
+
+def test_matchers_are_found_in_alerts_and_dashboard() -> None:
+    """Guards the check above against an extraction that finds nothing."""
+    in_alerts = {
+        (m.metric, m.label, m.op, m.value)
+        for rule in alert_rules()
+        for m in promql_matchers(rule["expr"])
+    }
+    assert ("webhook_bridge_gateway_requests_total", "outcome", "=", "unavailable") in in_alerts
+    assert ("webhook_bridge_gateway_requests_total", "source", "!=", "_unknown") in in_alerts
+    assert ("webhook_bridge_stage_forwarded_total", "stage", "=", "reorderer") in in_alerts
+    in_dashboard = [m for q in dashboard_queries(load_dashboard()) for m in promql_matchers(q)]
+    assert any(m.op == "=~" and m.value == "$sink" for m in in_dashboard)
+
+
+@pytest.mark.parametrize(
+    ("expr", "wrong"),
+    [
+        ('webhook_bridge_gateway_requests_total{outcome="unavailabe"}', "not a value"),
+        ('webhook_bridge_gateway_requests_total{outcome="internal-error"}', "not a value"),
+        ('webhook_bridge_gateway_requests_total{source!="unknown"}', "not a value"),
+        ('webhook_bridge_stage_forwarded_total{stage=~"reorder"}', "matches no value"),
+        ('webhook_bridge_fanout_dead_lettered_total{reason="bad_signature"}', "not a value"),
+        ('webhook_bridge_gateway_verified_total{mode="hmac-reserialized"}', "not a value"),
+        ('webhook_bridge_gateway_requests_total{sorce="fintoc"}', "has no label"),
+        ('webhook_bridge_gateway_requests_total{outcome=~"(unclosed"}', "bad regex"),
+        ('webhook_bridge_fanout_in_flight{sink=~"$source"}', "holds"),
+        ('webhook_bridge_fanout_in_flight{sink="$sink"}', "needs =~"),
+        ('webhook_bridge_fanout_in_flight{sink=~"$nope"}', "not a label_values() variable"),
+        ('up{job="gateway"}', "has no label"),
+        ('webhook_bridge_nothing_total{source="fintoc"}', "no known label values"),
+        ('webhook_bridge_gateway_requests_total{outcome~"x"}', "cannot read"),
+    ],
+)
+def test_matcher_check_catches(expr: str, wrong: str) -> None:
+    domains = label_domains(deploy_settings(DEMO_CONFIG))
+    variables = dashboard_variables(load_dashboard())
+    problems = matcher_problems(expr, domains, variables)
+    assert len(problems) == 1, problems
+    assert wrong in problems[0], problems
+
+
+def test_matcher_check_accepts_producible_values() -> None:
+    domains = label_domains(deploy_settings(DEMO_CONFIG))
+    variables = dashboard_variables(load_dashboard())
+    for expr in (
+        'sum(rate(webhook_bridge_gateway_requests_total{outcome=~"internal_error|unavailable"}[5m]))',
+        'webhook_bridge_gateway_requests_total{source="fintoc", outcome!~"accepted|quarantined",}',
+        'webhook_bridge_gateway_publish_duration_seconds_bucket{source=~"$source",le="+Inf"}',
+        "webhook_bridge_gateway_verified_total{mode='hmac-reserialized-php',key_id=\"\"}",
+        'webhook_bridge_fanout_delivered_total{sink=~"${sink}",provider=~"$provider|x"}',
+        'webhook_bridge_stage_consumed_total{stage=~"comp.*"}',
+    ):
+        assert matcher_problems(expr, domains, variables) == [], expr
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
 def test_prometheus_scrapes_every_process_and_evaluates_every_rule(
     running: tuple[str, dict[str, int]], tmp_path: Path
 ) -> None:
