@@ -71,6 +71,7 @@ class CompactorSettings:
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9101
     commit_interval_ms: int = 100
+    max_batch: int = 5000  # records in one transaction at most
     instance_id: str = "0"
 
 
@@ -81,6 +82,7 @@ class ReordererSettings:
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9102
     commit_interval_ms: int = 100
+    max_batch: int = 5000  # records in one transaction at most
     instance_id: str = "0"
 
 
@@ -258,6 +260,10 @@ def _check_values(s: Settings) -> None:
     for key, value in (
         ("topics.partitions", s.topics.partitions),
         ("topics.replication_factor", s.topics.replication_factor),
+        ("compactor.max_batch", s.compactor.max_batch),
+        ("reorderer.max_batch", s.reorderer.max_batch),
+        ("compactor.commit_interval_ms", s.compactor.commit_interval_ms),
+        ("reorderer.commit_interval_ms", s.reorderer.commit_interval_ms),
     ):
         if value < 1:
             raise ConfigError(key, "must be at least 1")

@@ -34,6 +34,7 @@ def write_config(
     state_dir: str | None = None,
     partitions: int = 3,
     commit_interval_ms: int = 100,
+    max_batch: int = 5000,
 ) -> Path:
     """A config whose sources (named like their providers) accept unverified input."""
     state = str(tmp_path / "state") if state_dir is None else state_dir
@@ -52,10 +53,12 @@ def write_config(
         f"dedup_horizon_s = {horizon_s}",
         f'state_dir = "{state}"',
         f"commit_interval_ms = {commit_interval_ms}",
+        f"max_batch = {max_batch}",
         "",
         "[reorderer]",
         f"window_s = {window_s}",
         f"commit_interval_ms = {commit_interval_ms}",
+        f"max_batch = {max_batch}",
         "",
     ]
     for provider in providers:

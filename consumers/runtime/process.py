@@ -79,6 +79,7 @@ def run_stage(args: argparse.Namespace, stage: str, build: Callable[[Any, str, A
             consumer_config=consumer_config,
             producer_config={**PRODUCER_DEFAULTS, **settings.producer_config()},
             commit_interval_s=section.commit_interval_ms / 1000.0,
+            max_batch=section.max_batch,
         ),
         logic,
         metrics,
