@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from gateway import config as config_module
 from gateway.cli import add_config_argument
-from gateway.topics import ensure_topics, implied_topics
+from gateway.topics import create_and_check_topics, implied_topics
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,9 +25,20 @@ def run(args: argparse.Namespace) -> int:
                 f"replication={spec.replication_factor} config={spec.config}"
             )
         return 0
-    result = ensure_topics(settings.admin_config(), specs)
+    report = create_and_check_topics(settings.admin_config(), specs)
     for spec in specs:
-        print(f"{result[spec.name]:>8} {spec.name} (partitions={spec.partitions})")
+        print(f"{report.status[spec.name]:>8} {spec.name} (partitions={spec.partitions})")
+    for problem in report.warnings:
+        print(f"warning: {problem}", file=sys.stderr)
+    for problem in report.errors:
+        print(f"error: {problem}", file=sys.stderr)
+    if report.errors:
+        print(
+            f"{len(report.errors)} topic error(s): fix or re-create these topics; "
+            "the stages that use them must not start",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
