@@ -5,8 +5,8 @@
 # `make tools` is idempotent and never fails the build: a tool that cannot be
 # installed is reported with a WARNING line, and its tests are then skipped
 # with the reason. When a tool IS installed, make exports
-# BRIDGE_REQUIRE_<TOOL>=1, so a test that cannot find it fails instead of
-# skipping. Set BRIDGE_REQUIRE_<TOOL>=1 yourself (e.g. in CI) to make a
+# WB_TEST_REQUIRE_<TOOL>=1, so a test that cannot find it fails instead of
+# skipping. Set WB_TEST_REQUIRE_<TOOL>=1 yourself (e.g. in CI) to make a
 # missing tool a failure in every case.
 #
 #   promtool      promtool check rules/config, and the prometheus server binary
@@ -27,10 +27,10 @@ COMPOSE_SPEC_VERSION := 1.29.2
 COMPOSE_SPEC_JSON    := $(VENV)/share/compose-spec/compose_spec.json
 
 # Lazily expanded: evaluated when a recipe (e.g. pytest) starts, after `tools` ran.
-BRIDGE_REQUIRE_PROMTOOL     ?= $(shell test -x $(BIN)/promtool && echo 1)
-BRIDGE_REQUIRE_HADOLINT     ?= $(shell test -x $(BIN)/hadolint && echo 1)
-BRIDGE_REQUIRE_COMPOSE_SPEC ?= $(shell test -s $(COMPOSE_SPEC_JSON) && echo 1)
-export BRIDGE_REQUIRE_PROMTOOL BRIDGE_REQUIRE_HADOLINT BRIDGE_REQUIRE_COMPOSE_SPEC
+WB_TEST_REQUIRE_PROMTOOL     ?= $(shell test -x $(BIN)/promtool && echo 1)
+WB_TEST_REQUIRE_HADOLINT     ?= $(shell test -x $(BIN)/hadolint && echo 1)
+WB_TEST_REQUIRE_COMPOSE_SPEC ?= $(shell test -s $(COMPOSE_SPEC_JSON) && echo 1)
+export WB_TEST_REQUIRE_PROMTOOL WB_TEST_REQUIRE_HADOLINT WB_TEST_REQUIRE_COMPOSE_SPEC
 
 .PHONY: tools tools-promtool tools-hadolint tools-compose-spec
 

@@ -24,7 +24,7 @@ import dataclasses
 import os
 import tomllib
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -184,8 +184,63 @@ def load(path: str | Path, env: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError(str(p), "file not found") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(p), f"not valid TOML ({exc})") from None
-    settings = parse(raw, env, base_dir=p.parent)
+    consulted = _Consulted(env)
+    settings = parse(raw, consulted, base_dir=p.parent)
+    _reject_unknown_env(env, consulted.names, raw)
     return dataclasses.replace(settings, path=str(p))
+
+
+# BRIDGE_* variables read outside the config file (CLI defaults, the broker command).
+OTHER_BRIDGE_ENV = frozenset({"BRIDGE_CONFIG", "BRIDGE_BROKER_PORT"})
+
+
+class _Consulted(dict[str, str]):
+    """The environment, remembering every name the loader looked up."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        super().__init__(env)
+        self.names: set[str] = set()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.names.add(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key: str) -> str:
+        self.names.add(key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key: object) -> bool:
+        if isinstance(key, str):
+            self.names.add(key)
+        return super().__contains__(key)
+
+
+def _reject_unknown_env(env: Mapping[str, str], consulted: set[str], raw: Any) -> None:
+    """A BRIDGE_* variable that names no setting is a typo that would pass silently.
+
+    BRIDGE_KAFKA_* goes to librdkafka as it is (any client property), and a variable
+    named as a value in the file (a secret's name) is the file's business."""
+    named = set(_strings(raw))
+    for name in sorted(env):
+        if (
+            name.startswith(ENV_PREFIX)
+            and not name.startswith(ENV_PREFIX + "KAFKA_")
+            and name not in consulted
+            and name not in named
+            and name not in OTHER_BRIDGE_ENV
+        ):
+            raise ConfigError(name, "names no setting of this config (a typo?)")
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
 
 
 _TOP_KEYS = (

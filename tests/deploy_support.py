@@ -556,7 +556,7 @@ def find_tool(name: str) -> str | None:
 
 def compose_spec_path() -> Path | None:
     """The Compose Specification JSON schema `make tools` extracts, if present."""
-    override = os.environ.get("BRIDGE_COMPOSE_SPEC")
+    override = os.environ.get("WB_TEST_COMPOSE_SPEC")
     candidates = [Path(override)] if override else []
     candidates.append(Path(sys.prefix) / "share" / "compose-spec" / "compose_spec.json")
     for candidate in candidates:

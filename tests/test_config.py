@@ -119,6 +119,27 @@ def test_environment_twins_override_the_file() -> None:
     assert key_selector is not None and key_selector.text == "payload.card_id"
 
 
+def test_a_bridge_variable_that_names_no_setting_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(MINIMAL + '\n[sinks.hook]\ntype = "log"\n')
+    fine = {
+        **DEMO_ENV,
+        "BRIDGE_GATEWAY_PORT": "9000",  # every kind of twin the loader reads
+        "BRIDGE_REORDERER_WINDOW_S": "1",
+        "BRIDGE_FANOUT_INSTANCE_ID": "pod-1",
+        "BRIDGE_SOURCES_JIKO_SELECT_ID": "id",
+        "BRIDGE_SINKS_HOOK_RETRY_MAX_ATTEMPTS": "3",
+        "BRIDGE_KAFKA_SOCKET_TIMEOUT_MS": "100",  # librdkafka's business
+        "BRIDGE_CONFIG": "elsewhere.toml",
+    }
+    assert config.load(path, fine).gateway.port == 9000
+    for typo in ("BRIDGE_GATEWAY_PROT", "BRIDGE_SOURCES_JICO_DEADLINE_S", "BRIDGE_SINKS_HOOK_URL"):
+        with pytest.raises(ConfigError) as info:
+            config.load(path, {**fine, typo: "1"})
+        assert info.value.key == typo
+        assert "names no setting" in str(info.value)
+
+
 def test_bad_environment_twin_names_the_variable() -> None:
     with pytest.raises(ConfigError) as info:
         settings_from_toml(MINIMAL, {**DEMO_ENV, "BRIDGE_GATEWAY_PORT": "eighty"})

@@ -3,7 +3,7 @@ the wiring a schema cannot see (images pinned, health-gated start-up, ports, con
 
 The schema is the one the docker-compose 1.29.2 wheel ships, extracted by `make tools`;
 without it that one test is skipped with the reason (or fails when
-BRIDGE_REQUIRE_COMPOSE_SPEC is set). No Docker engine: nothing is started.
+WB_TEST_REQUIRE_COMPOSE_SPEC is set). No Docker engine: nothing is started.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def test_compose_validates_against_the_compose_spec(compose: dict[str, Any]) -> 
     import jsonschema
 
     path = compose_spec_path()
-    require_tool("Compose Specification schema", path, "BRIDGE_REQUIRE_COMPOSE_SPEC")
+    require_tool("Compose Specification schema", path, "WB_TEST_REQUIRE_COMPOSE_SPEC")
     assert path is not None
     schema = json.loads(path.read_text(encoding="utf-8"))
     # compose_spec.json names its draft as "http://json-schema.org/draft/2019-09/schema#",

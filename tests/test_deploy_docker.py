@@ -129,7 +129,7 @@ def test_healthcheck_command_is_valid_python(instructions: list[Instruction]) ->
 
 def test_hadolint_passes() -> None:
     hadolint = find_tool("hadolint")
-    require_tool("hadolint", hadolint, "BRIDGE_REQUIRE_HADOLINT")
+    require_tool("hadolint", hadolint, "WB_TEST_REQUIRE_HADOLINT")
     assert hadolint is not None
     result = subprocess.run(
         [hadolint, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, check=False

@@ -2,7 +2,7 @@
 
 promtool (from `make tools`) checks the rules, the config, and that every dashboard
 query parses as PromQL; without it those tests are skipped with the reason, or fail
-when BRIDGE_REQUIRE_PROMTOOL is set.
+when WB_TEST_REQUIRE_PROMTOOL is set.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ COMPONENTS = {"gateway", "compactor", "reorderer", "fanout"}
 @pytest.fixture(scope="module")
 def promtool() -> str:
     found = find_tool("promtool")
-    require_tool("promtool", found, "BRIDGE_REQUIRE_PROMTOOL")
+    require_tool("promtool", found, "WB_TEST_REQUIRE_PROMTOOL")
     assert found is not None
     return found
 

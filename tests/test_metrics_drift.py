@@ -296,7 +296,7 @@ def test_prometheus_scrapes_every_process_and_evaluates_every_rule(
     """A real Prometheus server (Debian's, from `make tools`) on loopback: every target up,
     every alert rule evaluated against the live series without an error."""
     binary = find_tool("prometheus")
-    require_tool("prometheus", binary, "BRIDGE_REQUIRE_PROMTOOL")
+    require_tool("prometheus", binary, "WB_TEST_REQUIRE_PROMTOOL")
     assert binary is not None
     _, ports = running
     web = free_port()
