@@ -7,7 +7,7 @@ Options of ``[sources.X.verify]`` (``mode`` = the methods joined by ``+``):
 - ``static_headers``: ``{ "X-CustomKey1" = "ENV_VAR" }`` (or a list of variables,
   any matches: rotation); the values come from the environment.
 - ``jwt``: ``Authorization: Bearer <JWT>`` checked against ``jwks_file`` /
-  ``jwks_url`` (fetched once at start-up, 5 s timeout) / ``pem_file``;
+  ``jwks_url`` (loaded at start-up, 5 s timeout, then kept fresh: see below) / ``pem_file``;
   ``issuer`` and ``audience`` (required), ``leeway_s`` (60), ``algorithms``
   (``["RS256", "ES256"]``; asymmetric only); ``exp`` is required. For the signer:
   ``signing_key_file`` (PEM private key) and ``signing_key_id`` (the ``kid``).
@@ -17,14 +17,20 @@ Options of ``[sources.X.verify]`` (``mode`` = the methods joined by ``+``):
   expires }]`` (``expires`` RFC 3339, optional) and/or from ``jwks_file`` / ``jwks_url``.
   The algorithm follows the key: EC -> ECDSA SHA-256 (DER or raw r||s), RSA ->
   PKCS#1 v1.5 SHA-256. For the signer: ``signing_key_file``, ``signing_key_id``.
+- JWKS refresh (both tables): a kid not in the JWKS starts a background reload (the
+  request itself gets ``unknown_key``), and so does a JWKS older than ``jwks_max_age_s``
+  (3600); at most one reload per ``jwks_refresh_min_s`` (60). A failed reload keeps the
+  previous keys. See `gateway.verify.keys.JwksSource`.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import hmac
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
 
 from gateway.errors import VerificationError
 from gateway.verify import keys
@@ -35,13 +41,14 @@ from gateway.verify.jpmorgan_jwt import BearerJwt, build_jwt
 SCHEME = "jpmorgan"
 OPTIONS = ("methods", "static_headers", "jwt", "signature")
 METHODS = ("static-headers", "jwt", "signature")
+JWKS_REFRESH_OPTIONS = ("jwks_refresh_min_s", "jwks_max_age_s")
 JWT_OPTIONS = (
     "jwks_file", "jwks_url", "pem_file", "issuer", "audience", "leeway_s", "algorithms",
-    "signing_key_file", "signing_key_id",
+    "signing_key_file", "signing_key_id", *JWKS_REFRESH_OPTIONS,
 )  # fmt: skip
 SIGNATURE_OPTIONS = (
     "header", "key_id_header", "encoding", "keys", "jwks_file", "jwks_url", "signing_key_file",
-    "signing_key_id",
+    "signing_key_id", *JWKS_REFRESH_OPTIONS,
 )  # fmt: skip
 
 
@@ -113,6 +120,41 @@ class BodySignature:
         raise VerificationError("bad_signature", f"{self._header}: no key matches")
 
 
+class _Checker(Protocol):
+    def check(self, request: InboundRequest, now: float) -> str | None: ...
+
+
+C = TypeVar("C", bound=_Checker)
+
+
+class Rotating(Generic[C]):
+    """A key-checking method that follows its JWKS: rebuilt from its options table (off the
+    request path, on the source's loading thread) whenever the JWKS changes."""
+
+    def __init__(
+        self, checker: C, source: keys.JwksSource | None, rebuild: Callable[[], C]
+    ) -> None:
+        self.checker = checker  # swapped whole: a request sees the old or the new keys
+        self.source = source
+        self._rebuild = rebuild
+        if source is not None:
+            source.subscribe(self._on_change)
+
+    def _on_change(self) -> None:
+        self.checker = self._rebuild()  # a ConfigError keeps the old checker (logged)
+
+    def check(self, request: InboundRequest, now: float) -> str | None:
+        if self.source is None:
+            return self.checker.check(request, now)
+        self.source.poll()
+        try:
+            return self.checker.check(request, now)
+        except VerificationError as exc:
+            if exc.reason == "unknown_key":  # perhaps rotated: reload in the background
+                self.source.refresh()
+            raise
+
+
 class JPMorganVerifier:
     scheme = SCHEME
 
@@ -120,23 +162,31 @@ class JPMorganVerifier:
         self,
         methods: tuple[str, ...],
         static: StaticHeaders | None,
-        bearer: BearerJwt | None,
-        signature: BodySignature | None,
+        bearer: Rotating[BearerJwt] | None,
+        signature: Rotating[BodySignature] | None,
     ) -> None:
         self.methods = methods
         self.static = static
-        self.bearer = bearer
-        self.signature = signature
+        self.rotating_bearer = bearer
+        self.rotating_signature = signature
         self.mode = "+".join(methods)
+
+    @property
+    def bearer(self) -> BearerJwt | None:
+        return None if self.rotating_bearer is None else self.rotating_bearer.checker
+
+    @property
+    def signature(self) -> BodySignature | None:
+        return None if self.rotating_signature is None else self.rotating_signature.checker
 
     def verify(self, request: InboundRequest, now: float) -> VerifiedRequest:
         key_id: str | None = None
         if self.static is not None:
             self.static.check(request)
-        if self.bearer is not None:
-            key_id = self.bearer.check(request, now)
-        if self.signature is not None:
-            key_id = self.signature.check(request, now)
+        if self.rotating_bearer is not None:
+            key_id = self.rotating_bearer.check(request, now)
+        if self.rotating_signature is not None:
+            key_id = self.rotating_signature.check(request, now)
         return VerifiedRequest(request, SCHEME, key_id=key_id, mode=self.mode)
 
 
@@ -191,8 +241,19 @@ def build(ctx: BuildContext) -> JPMorganVerifier:
     static = None
     if "static-headers" in parsed.methods:
         static = StaticHeaders(parsed.opts.env_map("static_headers", ctx.env))
-    bearer = build_jwt(parsed.jwt) if parsed.jwt is not None else None
-    signature = _signature(parsed.signature) if parsed.signature is not None else None
+    bearer = signature = None
+    # The rebuilds reuse the JwksSource of their options table (keys.jwks_source is
+    # remembered per table): the JWKS is fetched once here, then only on refresh.
+    if parsed.jwt is not None:
+        rebuild_jwt = functools.partial(build_jwt, parsed.jwt)
+        first_jwt = rebuild_jwt()
+        source = keys.jwks_source(parsed.jwt, "jwks_file", "jwks_url")
+        bearer = Rotating(first_jwt, source, rebuild_jwt)
+    if parsed.signature is not None:
+        rebuild_sig = functools.partial(_signature, parsed.signature)
+        first_sig = rebuild_sig()
+        source = keys.jwks_source(parsed.signature, "jwks_file", "jwks_url")
+        signature = Rotating(first_sig, source, rebuild_sig)
     return JPMorganVerifier(parsed.methods, static, bearer, signature)
 
 
