@@ -19,7 +19,11 @@ Commit protocol (the one place it is written down):
    acknowledged the DLQ record) or filtered out by routing.
 2. Every `commit_interval_s` the runner commits, per partition, one past the
    contiguous prefix of finished offsets (`OffsetTracker`); transactional sinks
-   commit those offsets inside their producer transaction instead.
+   commit those offsets inside their producer transaction instead. If that
+   transaction fails, the sink aborts it (``KafkaException``) and the runner
+   rewinds: the lanes and trackers of every assigned partition are dropped and
+   the consumer seeks to the group's committed offsets, so everything the
+   aborted transaction held is delivered again (at-least-once).
 3. On revoke, the finished prefix is committed synchronously and the lanes of
    the revoked partitions are cancelled: their records are redelivered by the
    new owner (at-least-once; same webhook-id).
@@ -108,6 +112,7 @@ class SinkRunner:
         self._paused = False
         self._full_since: float | None = None  # since when in_flight >= max_in_flight
         self._wanted: dict[tuple[str, str], bool] = {}  # Route.wants, memoised (fnmatch)
+        self._rewinding: set[tuple[str, int]] = set()  # dropped, to seek to committed offsets
 
     # ------------------------------------------------------------------ main loop
 
@@ -306,6 +311,8 @@ class SinkRunner:
     def _commit(self, asynchronous: bool) -> None:
         from confluent_kafka import KafkaException, TopicPartition
 
+        if self._rewinding:
+            self._rewind()
         offsets = self.tracker.committable()
         if not offsets and not self.sink.commits_offsets:
             return
@@ -316,9 +323,56 @@ class SinkRunner:
             elif tps:
                 self._consumer.commit(offsets=tps, asynchronous=asynchronous)
         except KafkaException as exc:
-            logs.warning("commit failed; will retry", sink=self.name, error=str(exc))
+            if not self.sink.commits_offsets:
+                logs.warning("commit failed; will retry", sink=self.name, error=str(exc))
+                return
+            # The sink aborted its transaction: what it produced since its last commit
+            # is gone, so redo everything after the committed offsets.
+            logs.warning(
+                "transaction aborted; redelivering from the committed offsets",
+                sink=self.name,
+                error=str(exc),
+            )
+            partitions = list(self.tracker.partitions)
+            self._drop([TopicPartition(t, p) for t, p in partitions])
+            self._rewinding.update(partitions)
+            self._rewind()
             return
         self.tracker.committed(offsets)
+
+    def _rewind(self) -> None:
+        """Seek the dropped partitions to the group's committed offsets, then track them again.
+
+        Until then their records are ignored (no tracker); if the committed offsets
+        cannot be read, the next commit tick tries again.
+        """
+        from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
+
+        assigned = {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+        # Revoked since, or assigned afresh (starts at the committed offsets): done.
+        self._rewinding = {
+            tp for tp in self._rewinding if tp in assigned and tp not in self.tracker.partitions
+        }
+        if not self._rewinding:
+            return
+        try:
+            found = self._consumer.committed(
+                [TopicPartition(t, p) for t, p in self._rewinding], timeout=10
+            )
+            error = next((str(tp.error) for tp in found if tp.error is not None), None)
+            if error is None:
+                for tp in found:
+                    offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING  # none committed
+                    self._consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+        except KafkaException as exc:
+            error = str(exc)
+        if error is not None:
+            logs.warning("rewind failed; will retry", sink=self.name, error=error)
+            return
+        for topic, partition in self._rewinding:
+            self.tracker.assign(topic, partition)
+        self._rewinding.clear()
+        self.assigned = bool(self.tracker.partitions)
 
     def _on_assign(self, _consumer: Any, partitions: list[Any]) -> None:
         for tp in partitions:

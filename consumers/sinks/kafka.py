@@ -1,4 +1,4 @@
-"""``type = "kafka"``: produce each event to an internal topic, in one transaction with offsets.
+"""``type = "kafka"``: produce each event to an internal topic, in a transaction with offsets.
 
 Options (``[sinks.<name>]``):
 
@@ -11,9 +11,40 @@ Options (``[sinks.<name>]``):
   ``body`` = the provider's original payload.
 - ``transactional_id`` (``"<prefix>.fanout.<sink>.<instance_id>"``).
 
-Records keep the ordering key and the ce_* headers. Produces and the consumer's
-offsets are committed in one Kafka transaction every commit interval, so on
-Apache Kafka a crash neither loses nor duplicates (read_committed readers).
+Records keep the ordering key and the ce_* headers.
+
+Delivery: `deliver` returns once the broker answered for that record (its delivery
+report). A record the destination refuses for good (too large, unknown topic,
+not authorised, invalid) is a ``reject``, so it goes to the DLQ; any other error
+is a ``retry``. Waiting for the broker bounds a sink to about ``concurrency``
+records per round trip (``linger.ms`` 5 plus the broker's answer): raise
+``concurrency`` for more throughput.
+
+Transaction: the records and the consumer's offsets are committed in one Kafka
+transaction every commit interval. librdkafka refuses to commit a transaction in
+which any record failed, and a commit can fail by itself (coordinator, timeout):
+`commit_offsets` then aborts the transaction and raises `TransactionAborted` (a
+``KafkaException``), and the runner rewinds this sink's consumer to the group's
+committed offsets, so everything since is delivered again. A record the
+destination refused in an aborted transaction is remembered (by its source
+offset) and refused again without being produced, so it cannot fail the next
+transaction too. Only a fatal producer error (e.g. another producer took over
+the ``transactional.id``) raises a plain `SinkError`, which stops the process.
+
+What this guarantees is at-least-once, not exactly-once. Nothing is lost: an
+offset is committed only in the transaction that carries its record's output (or
+a later one), or after its DLQ record was acknowledged. Duplicates do happen:
+
+- the runner commits the offsets of the contiguous finished prefix, while the
+  transaction also carries records past it (other keys finish out of order);
+  after a crash, a rebalance (lanes of revoked partitions are cancelled) or a
+  rewind, those are produced again although their first copy is committed;
+- the records of an aborted transaction are produced again: ``read_committed``
+  readers on Apache Kafka see them once, other readers (and every reader of the
+  embedded broker, which shows aborted records) see both copies;
+- a record refused in an aborted transaction can reach the DLQ twice.
+
+Readers deduplicate on the ``ce_id`` header (the event id).
 """
 
 from __future__ import annotations
@@ -23,9 +54,13 @@ import contextlib
 import re
 import string
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
+from confluent_kafka import KafkaError, KafkaException, Producer
+
 from consumers.sinks.base import DeliveryResult, Event, Sink, SinkContext, SinkError
+from gateway import logs
 from gateway.config import SinkSettings
 from gateway.verify.common import Options
 
@@ -33,6 +68,40 @@ DEFAULT_TEMPLATE = "internal.{provider}.{event_type}"
 TEMPLATE_FIELDS = ("provider", "event_type", "source", "sink")
 MAX_TOPIC_CHARS = 249
 _ILLEGAL = re.compile(r"[^a-zA-Z0-9._-]")
+POLL_S = 0.001  # how often delivery reports are served while a deliver() waits for one
+MAX_REFUSED = 10_000  # refused records remembered for a rewind (source coordinates)
+TXN_TIMEOUT_S = 30.0
+
+# librdkafka codes for "the destination will not take this record as it is".
+_REFUSED_NAMES = (
+    "MSG_SIZE_TOO_LARGE",
+    "RECORD_LIST_TOO_LARGE",
+    "INVALID_MSG_SIZE",
+    "INVALID_MSG",
+    "INVALID_RECORD",
+    "INVALID_TIMESTAMP",
+    "UNSUPPORTED_FOR_MESSAGE_FORMAT",
+    "POLICY_VIOLATION",
+    "TOPIC_EXCEPTION",
+    "TOPIC_AUTHORIZATION_FAILED",
+    "UNKNOWN_TOPIC_OR_PART",
+    "_UNKNOWN_TOPIC",
+    "_UNKNOWN_PARTITION",
+    "_INVALID_ARG",
+    "_BAD_MSG",
+)
+
+
+class TransactionAborted(SinkError, KafkaException):
+    """The transaction failed and was aborted: what it held must be delivered again.
+
+    A ``KafkaException`` for the fan-out runner, which rewinds; a `SinkError` for a
+    caller that cannot redo (``replay``), which stops with this message.
+    """
+
+    def __init__(self, message: str, error: Any) -> None:
+        super().__init__(message)
+        self.error = error  # the KafkaError that failed the transaction
 
 
 def sanitise_topic(name: str) -> str:
@@ -55,25 +124,30 @@ class KafkaSink(Sink):
 
     def __init__(self, settings: SinkSettings, context: SinkContext) -> None:
         super().__init__(settings, context)
-        from confluent_kafka import Producer
-
         self.template, self.value_mode = _parse(self.options)
         s = context.settings
         txn_id = self.options.opt_text("transactional_id") or (
             f"{s.bridge.topic_prefix}.fanout.{self.name}.{s.fanout.instance_id}"
         )
-        self._producer = Producer(
-            {
-                **s.producer_config(),
-                "transactional.id": txn_id,
-                "enable.idempotence": True,
-                "acks": "all",
-                "linger.ms": 5,
-            }
-        )
-        self._producer.init_transactions(30)
+        self._config = {
+            **s.producer_config(),
+            "transactional.id": txn_id,
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 5,
+        }
+        self._refused_codes = frozenset(getattr(KafkaError, n) for n in _REFUSED_NAMES)
+        self._producer = self._new_producer()
         self._in_txn = False
         self._topics: dict[tuple[str, str, str], str] = {}
+        self._waiting: set[asyncio.Future[Any]] = set()  # deliveries awaiting their report
+        self._poller: asyncio.Task[None] | None = None
+        self._refused: dict[tuple[str, int, int], str] = {}  # source record -> reason
+
+    def _new_producer(self) -> Any:
+        producer = Producer(self._config)
+        producer.init_transactions(TXN_TIMEOUT_S)
+        return producer
 
     @classmethod
     def validate(cls, settings: SinkSettings, env: Mapping[str, str]) -> None:
@@ -96,26 +170,71 @@ class KafkaSink(Sink):
         return topic
 
     async def deliver(self, event: Event) -> DeliveryResult:
-        if not self._in_txn:
-            self._producer.begin_transaction()
-            self._in_txn = True
+        source = (event.topic, event.partition, event.offset)
+        refused = self._refused.get(source)
+        if refused is not None:  # refused before its transaction was aborted: not again
+            return DeliveryResult.reject(refused)
         value = event.value if self.value_mode == "envelope" else event.envelope.body
         headers: list[tuple[str, str | bytes | None]] = list(event.headers)
+        report: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         while True:
             try:
+                if not self._in_txn:
+                    self._producer.begin_transaction()
+                    self._in_txn = True
                 self._producer.produce(
-                    self.topic_for(event), value=value, key=event.key, headers=headers
+                    self.topic_for(event),
+                    value=value,
+                    key=event.key,
+                    headers=headers,
+                    on_delivery=partial(self._on_report, report, source),
                 )
                 break
             except BufferError:  # local queue full: let librdkafka send, then go on
                 self._producer.poll(0)
                 await asyncio.sleep(0.005)
-        self._producer.poll(0)
-        return DeliveryResult.ok()
+            except KafkaException as exc:  # refused before it was queued: no harm done
+                return self._result(exc.args[0])
+        self._waiting.add(report)
+        if self._poller is None or self._poller.done():
+            self._poller = asyncio.create_task(self._serve_reports())
+        try:
+            error = await report
+        finally:
+            self._waiting.discard(report)
+        return DeliveryResult.ok() if error is None else self._result(error)
+
+    def _result(self, error: Any) -> DeliveryResult:
+        reason = f"kafka {error.name()}: {error.str()}"
+        if error.code() in self._refused_codes:
+            return DeliveryResult.reject(reason)
+        return DeliveryResult.retry(reason)
+
+    def _on_report(
+        self, report: asyncio.Future[Any], source: tuple[str, int, int], error: Any, _msg: Any
+    ) -> None:
+        """librdkafka's delivery callback, served by `poll` (or a flush) on the loop's thread."""
+        if error is not None and error.code() in self._refused_codes:
+            # This failed report dooms the transaction, and the runner then delivers the
+            # record again: remember it here (its deliver() may be cancelled by then).
+            if len(self._refused) >= MAX_REFUSED:
+                del self._refused[next(iter(self._refused))]
+            self._refused[source] = self._result(error).reason
+        if not report.done():  # a cancelled deliver() left it behind
+            report.set_result(error)
+
+    async def _serve_reports(self) -> None:
+        """Serve delivery reports while any deliver() waits for one."""
+        while self._waiting:
+            self._producer.poll(0)
+            if self._waiting:
+                await asyncio.sleep(POLL_S)
 
     def commit_offsets(self, offsets: list[Any], group_metadata: Any) -> None:
-        from confluent_kafka import KafkaException
+        """Commit the transaction with `offsets`; on failure abort it: `TransactionAborted`.
 
+        The caller must then deliver again everything after the committed offsets.
+        """
         if not offsets and not self._in_txn:
             return
         try:
@@ -123,15 +242,46 @@ class KafkaSink(Sink):
                 self._producer.begin_transaction()
                 self._in_txn = True
             if offsets:
-                self._producer.send_offsets_to_transaction(offsets, group_metadata, 30)
-            self._producer.commit_transaction(30)
+                self._producer.send_offsets_to_transaction(offsets, group_metadata, TXN_TIMEOUT_S)
+            self._producer.commit_transaction(TXN_TIMEOUT_S)
             self._in_txn = False
         except KafkaException as exc:
-            # Records of this transaction may be lost or visible without offsets; the
-            # safe move is to stop: a restart resumes from the last committed offsets.
-            raise SinkError(f"sink {self.name}: transaction failed: {exc.args[0]}") from None
+            error = exc.args[0]
+            self._abort(error)
+            raise TransactionAborted(
+                f"sink {self.name}: transaction aborted: {error.str()}", error
+            ) from None
+
+    def _abort(self, error: Any) -> None:
+        """Drop the open transaction after `error`; SinkError if the producer is done for."""
+        if error.fatal():
+            raise SinkError(f"sink {self.name}: transaction failed: {error.str()}") from None
+        try:
+            if self._in_txn:
+                self._producer.abort_transaction(TXN_TIMEOUT_S)
+        except KafkaException as exc:
+            if exc.args[0].fatal():
+                raise SinkError(
+                    f"sink {self.name}: transaction abort failed: {exc.args[0].str()}"
+                ) from None
+            # Not abortable in its state (e.g. a commit that timed out can only be
+            # retried): a new producer with the same transactional.id aborts it.
+            logs.warning("replacing the producer", sink=self.name, error=exc.args[0].str())
+            try:
+                producer = self._new_producer()
+            except KafkaException as exc2:
+                raise SinkError(
+                    f"sink {self.name}: new producer failed: {exc2.args[0].str()}"
+                ) from None
+            for report in self._waiting:  # the old producer will not report them
+                if not report.done():
+                    report.set_result(KafkaError(KafkaError._PURGE_QUEUE))
+            self._producer = producer
+        self._in_txn = False
 
     async def close(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
         if self._in_txn:
             # Closing anyway: whatever this transaction held is redelivered after restart.
             with contextlib.suppress(Exception):
