@@ -178,7 +178,9 @@ async def replay(
                     )
                     report.failed += 1
                     continue
-                if not rng.from_dlq and not route.wants(envelope.provider, envelope.event_type):
+                if not rng.from_dlq and not route.wants(
+                    envelope.provider, envelope.event_type, envelope.source
+                ):
                     report.skipped += 1
                     continue
                 event = Event(

@@ -134,6 +134,7 @@ class SinkSettings:
     event_types: tuple[str, ...]
     retry: RetrySettings
     options: Mapping[str, Any]  # type-specific, validated by the sink class
+    sources: tuple[str, ...] = ("*",)  # source-name globs (a provider may have several)
 
 
 @dataclass(frozen=True)
@@ -502,17 +503,21 @@ def _sink(name: str, table: Mapping[str, Any], env: Mapping[str, str]) -> SinkSe
     sink_type = _scalar(table, "type", str, where, env, required=True)
     providers = _globs(table, "providers", where)
     event_types = _globs(table, "event_types", where)
+    sources = _globs(table, "sources", where)
     retry = _section(RetrySettings, _table(table, "retry", where + "."), f"{where}.retry", env)
     if retry.max_attempts < 1:
         raise ConfigError(f"{where}.retry.max_attempts", "must be at least 1")
     options = {
-        k: v for k, v in table.items() if k not in ("type", "providers", "event_types", "retry")
+        k: v
+        for k, v in table.items()
+        if k not in ("type", "providers", "sources", "event_types", "retry")
     }
     return SinkSettings(
         name=name,
         type=sink_type,
         providers=providers,
         event_types=event_types,
+        sources=sources,
         retry=retry,
         options=options,
     )

@@ -204,7 +204,12 @@ def make_settings(bootstrap: str, prefix: str, sinks: dict[str, dict[str, object
 
 
 def envelope(
-    event_id: str, key: str, event_type: str = "thing.updated", provider: str = "acme", seq: int = 0
+    event_id: str,
+    key: str,
+    event_type: str = "thing.updated",
+    provider: str = "acme",
+    seq: int = 0,
+    source: str | None = None,
 ) -> Envelope:
     now = int(time.time() * 1_000_000)
     body = json.dumps({"id": event_id, "key": key, "seq": seq}).encode()
@@ -212,7 +217,7 @@ def envelope(
         event_id=event_id,
         event_id_origin="PAYLOAD",
         provider=provider,
-        source=provider,
+        source=source or provider,
         event_type=event_type,
         occurred_at=now - 1000 + seq,
         occurred_at_origin="PAYLOAD",

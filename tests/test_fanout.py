@@ -198,6 +198,7 @@ def test_failing_sink_stalls_no_other_sink_and_breaker_opens(
                 "providers": ["be*"],
                 "event_types": ["order.*"],
             },
+            "eu": {**http_sink(receiver.url("eu")), "sources": ["*-eu"]},
         },
     )
     ensure_topics(settings.admin_config(), implied_topics(settings))
@@ -206,6 +207,8 @@ def test_failing_sink_stalls_no_other_sink_and_breaker_opens(
     beta = [
         envelope("o1", "X", "order.created", "beta"),
         envelope("r1", "X", "refund.created", "beta"),
+        envelope("s1", "Y", "order.created", "beta", source="beta-eu"),  # same provider,
+        envelope("s2", "Y", "order.created", "beta", source="beta-us"),  # two sources
     ]
     produce(
         kafka.bootstrap,
@@ -215,7 +218,7 @@ def test_failing_sink_stalls_no_other_sink_and_breaker_opens(
     produce(kafka.bootstrap, names(settings).ordered("beta"), beta)
 
     with FanoutThread(settings) as fan:
-        want = {e.event_id for e in acme} | {"o0", "o1", "r1"}
+        want = {e.event_id for e in acme} | {"o0", "o1", "r1", "s1", "s2"}
         receiver.wait_for(
             lambda: {d.event_id for d in receiver.succeeded("good")} == want,
             what="the good sink's deliveries",
@@ -237,8 +240,9 @@ def test_failing_sink_stalls_no_other_sink_and_breaker_opens(
         retries = fan.metric("webhook_bridge_fanout_retries_total", sink="bad")
     assert retries >= 3
 
-    # Routing: only beta's order.* reached the routed sink.
-    assert [d.event_id for d in receiver.snapshot("routed")] == ["o1"]
+    # Routing: only beta's order.* reached the routed sink; only the -eu source the eu sink.
+    assert [d.event_id for d in receiver.snapshot("routed")] == ["o1", "s1", "s2"]
+    assert [d.event_id for d in receiver.snapshot("eu")] == ["s1"]
     # Per key order held on the recovered sink.
     for key in ("K0", "K1", "K2", "K3"):
         seqs = [

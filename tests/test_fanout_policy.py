@@ -229,3 +229,11 @@ def test_flow_control_stops_reading_at_the_bound_and_pauses_only_after_a_stall()
     tracker.finish(5)
     assert runner._flow_control(now=6.0) == 5
     assert consumer.calls == ["pause", "resume"]
+
+
+def test_route_by_source_glob() -> None:
+    route = Route(("stripe",), ("*",), ("stripe-eu", "stripe-test-*"))
+    assert route.wants("stripe", "invoice.paid", "stripe-eu")
+    assert route.wants("stripe", "invoice.paid", "stripe-test-1")
+    assert not route.wants("stripe", "invoice.paid", "stripe-us")
+    assert Route().wants("stripe", "invoice.paid", "anything")  # sources default to "*"

@@ -18,21 +18,27 @@ from gateway.verify.common import Options
 
 @dataclass(frozen=True)
 class Route:
-    """Which events a sink takes: provider and event type globs (fnmatch, case-sensitive)."""
+    """Which events a sink takes: provider, source and event type globs (fnmatch,
+    case-sensitive). A provider may have several sources (e.g. two Stripe accounts)."""
 
     providers: tuple[str, ...] = ("*",)
     event_types: tuple[str, ...] = ("*",)
+    sources: tuple[str, ...] = ("*",)
 
     @classmethod
     def of(cls, settings: SinkSettings) -> Route:
-        return cls(settings.providers, settings.event_types)
+        return cls(settings.providers, settings.event_types, settings.sources)
 
     def wants_provider(self, provider: str) -> bool:
         return any(fnmatch.fnmatchcase(provider, p) for p in self.providers)
 
-    def wants(self, provider: str, event_type: str) -> bool:
-        return self.wants_provider(provider) and any(
-            fnmatch.fnmatchcase(event_type, p) for p in self.event_types
+    def wants(self, provider: str, event_type: str, source: str = "") -> bool:
+        return (
+            self.wants_provider(provider)
+            and any(fnmatch.fnmatchcase(event_type, p) for p in self.event_types)
+            and (
+                self.sources == ("*",) or any(fnmatch.fnmatchcase(source, p) for p in self.sources)
+            )
         )
 
 

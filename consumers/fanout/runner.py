@@ -111,7 +111,7 @@ class SinkRunner:
         self._deliverer: Deliverer | None = None
         self._paused = False
         self._full_since: float | None = None  # since when in_flight >= max_in_flight
-        self._wanted: dict[tuple[str, str], bool] = {}  # Route.wants, memoised (fnmatch)
+        self._wanted: dict[tuple[str, str, str], bool] = {}  # Route.wants, memoised (fnmatch)
         self._rewinding: set[tuple[str, int]] = set()  # dropped, to seek to committed offsets
 
     # ------------------------------------------------------------------ main loop
@@ -216,7 +216,12 @@ class SinkRunner:
         value: bytes = message.value() or b""
         provider = self.topics.get(topic, "")
         ce_type = header_value(headers, "ce_type")
-        if ce_type is not None and not self._wants(provider, ce_type.decode(errors="replace")):
+        ce_source = header_value(headers, "ce_source")
+        if (
+            ce_type is not None
+            and ce_source is not None
+            and not self._wants(provider, ce_type.decode(errors="replace"), _source(ce_source))
+        ):
             tracker.finish(offset)  # routed on headers, never decoded
             return
         key: bytes | None = message.key()
@@ -226,7 +231,9 @@ class SinkRunner:
         except SerdeError:
             event = None
         else:
-            if ce_type is None and not self._wants(provider, envelope.event_type):
+            if (ce_type is None or ce_source is None) and not self._wants(
+                provider, envelope.event_type, envelope.source
+            ):
                 tracker.finish(offset)
                 return
             event = Event(
@@ -248,13 +255,14 @@ class SinkRunner:
         lane = self.lanes[lane_key] = deque((item,))
         self.lane_tasks[lane_key] = asyncio.create_task(self._drain_lane(lane_key, lane))
 
-    def _wants(self, provider: str, event_type: str) -> bool:
+    def _wants(self, provider: str, event_type: str, source: str) -> bool:
         """`Route.wants`, memoised: fnmatch on every record was a visible cost."""
-        wanted = self._wanted.get((provider, event_type))
+        memo = (provider, event_type, source)
+        wanted = self._wanted.get(memo)
         if wanted is None:
             if len(self._wanted) >= 4096:  # event types come from senders: stay bounded
                 self._wanted.clear()
-            wanted = self._wanted[(provider, event_type)] = self.route.wants(provider, event_type)
+            wanted = self._wanted[memo] = self.route.wants(provider, event_type, source)
         return wanted
 
     async def _drain_lane(
@@ -437,3 +445,9 @@ class SinkRunner:
             )
         else:
             logs.info("circuit breaker closed", sink=self.name)
+
+
+def _source(ce_source: bytes) -> str:
+    """The source name from a ``ce_source`` header (``/webhooks/<source>``)."""
+    text = ce_source.decode("utf-8", "replace")
+    return text.removeprefix("/webhooks/")
