@@ -54,6 +54,7 @@ DEMO_CONFIG = DEPLOY / "demo.toml"
 METRIC_CATALOGUE = frozenset(
     {
         "webhook_bridge_gateway_requests_total",
+        "webhook_bridge_fanout_consumer_lag_messages",
         "webhook_bridge_stage_commit_duration_seconds",
         "webhook_bridge_gateway_verification_failures_total",
         "webhook_bridge_gateway_verified_total",
@@ -358,6 +359,7 @@ def label_domains(settings: Settings) -> dict[str, dict[str, frozenset[str]]]:
         f"{f}_delivery_duration_seconds": by_sink,
         f"{f}_event_age_seconds": by_sink,
         f"{f}_in_flight": by_sink,
+        f"{f}_consumer_lag_messages": by_sink,
         f"{f}_breaker_open": by_sink,
         UP: {"component": scrape_components()},
     }

@@ -51,6 +51,13 @@ class FanoutMetrics:
             ("sink",),
             registry=registry,
         )
+        self.lag = Gauge(
+            "webhook_bridge_fanout_consumer_lag_messages",
+            "High watermark minus the sink's read position over its assigned partitions "
+            "(indicative only on the embedded broker, whose high watermark is wrong)",
+            ("sink",),
+            registry=registry,
+        )
         self.breaker_open = Gauge(
             "webhook_bridge_fanout_breaker_open",
             "1 while the sink's circuit breaker is open",
@@ -70,4 +77,5 @@ class FanoutMetrics:
             self.duration.labels(sink)
             self.age.labels(sink)
             self.in_flight.labels(sink).set(0)
+            self.lag.labels(sink).set(0)
             self.breaker_open.labels(sink).set(0)

@@ -52,6 +52,7 @@ from schemas.envelope import KafkaHeaders, header_value
 from schemas.serde import EnvelopeDeserializer, SerdeError
 
 PAUSE_AFTER_S = 1.0  # full that long: pause the partitions and keep polling
+LAG_INTERVAL_S = 2.0  # how often the lag gauge is refreshed
 
 
 @dataclass(slots=True)
@@ -106,6 +107,7 @@ class SinkRunner:
         self._deserialize = EnvelopeDeserializer(settings.bridge.schema_registry_url)
         self._delivered = {p: metrics.delivered.labels(self.name, p) for p in self.topics.values()}
         self._in_flight = metrics.in_flight.labels(self.name)
+        self._lag = metrics.lag.labels(self.name)
         self._consumer: Any = None
         self._dlq: DeadLetters | None = None
         self._deliverer: Deliverer | None = None
@@ -164,6 +166,7 @@ class SinkRunner:
     async def _loop(self, stop: asyncio.Event) -> None:
         idle = 0
         next_commit = time.monotonic() + self.commit_interval_s
+        next_lag = 0.0
         while not stop.is_set():
             room = self._flow_control()
             messages = self._consumer.consume(num_messages=room, timeout=0) if room else []
@@ -175,9 +178,28 @@ class SinkRunner:
             if time.monotonic() >= next_commit:
                 self._commit(asynchronous=True)
                 next_commit = time.monotonic() + self.commit_interval_s
+            if time.monotonic() >= next_lag:
+                self._update_lag()
+                next_lag = time.monotonic() + LAG_INTERVAL_S
             idle = 0 if messages or not room else min(idle + 1, 25)
             # 0 when busy (yield to the lanes); when full, look again soon: lanes are draining
             await asyncio.sleep(idle * 0.002 if room else 0.001)
+
+    def _update_lag(self) -> None:
+        """High watermark (as last fetched; no broker call) minus the read position."""
+        from confluent_kafka import KafkaException
+
+        try:
+            lag = 0
+            for tp in self._consumer.position(self._consumer.assignment()):
+                if tp.offset < 0:
+                    continue
+                _, high = self._consumer.get_watermark_offsets(tp, cached=True)
+                if high >= 0:
+                    lag += max(0, high - tp.offset)
+        except KafkaException:
+            return  # keep the last value; the next interval tries again
+        self._lag.set(lag)
 
     def _flow_control(self, now: float | None = None) -> int:
         """How many records to read now (0: do not call consume); pauses after a long stall."""
