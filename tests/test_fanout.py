@@ -298,3 +298,34 @@ def test_kafka_and_log_sinks(kafka: KafkaCluster, unique_name: Callable[[str], s
         assert msg.key() == original.ordering_key.encode()
     assert {dict(m.headers())["ce_id"] for m in created} == {b"p1", b"p3", b"p5", b"p7", b"p9"}
     assert sorted(m.value() for m in bodies) == sorted(by_id[f"p{i}"].body for i in (1, 3, 5, 7, 9))
+
+
+def test_lag_gauge_shows_a_stalled_sink_and_clears(
+    kafka: KafkaCluster, unique_name: Callable[[str], str], receiver: ScriptedReceiver
+) -> None:
+    """A sink that cannot deliver stops reading at max_in_flight: the rest shows as lag."""
+    prefix = unique_name("lag")
+    patient = {"max_attempts": 1000, "initial_backoff_s": 0.05, "max_backoff_s": 0.1}
+    settings = make_settings(
+        kafka.bootstrap,
+        prefix,
+        {"slow": {**http_sink(receiver.url("slow"), max_in_flight=5), "retry": patient}},
+    )
+    ensure_topics(settings.admin_config(), implied_topics(settings))
+    receiver.path_default["slow"] = "500"
+    topic = names(settings).ordered("acme")
+    for i in range(40):  # one record per batch: the embedded broker's watermark is then right
+        produce(kafka.bootstrap, topic, [envelope(f"l{i}", f"K{i}", seq=i)])
+    with FanoutThread(settings) as fan:
+        receiver.wait_for(
+            lambda: fan.metric("webhook_bridge_fanout_consumer_lag_messages", sink="slow") >= 30,
+            what="the lag gauge to show the unread records",
+        )
+        receiver.path_default["slow"] = "200"
+        receiver.wait_for(
+            lambda: (
+                len({d.event_id for d in receiver.succeeded("slow")}) == 40
+                and fan.metric("webhook_bridge_fanout_consumer_lag_messages", sink="slow") == 0
+            ),
+            what="the lag to clear",
+        )

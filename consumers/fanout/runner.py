@@ -108,6 +108,7 @@ class SinkRunner:
         self._delivered = {p: metrics.delivered.labels(self.name, p) for p in self.topics.values()}
         self._in_flight = metrics.in_flight.labels(self.name)
         self._lag = metrics.lag.labels(self.name)
+        self._start: dict[tuple[str, int], int] = {}  # committed offsets of unread partitions
         self._consumer: Any = None
         self._dlq: DeadLetters | None = None
         self._deliverer: Deliverer | None = None
@@ -186,17 +187,33 @@ class SinkRunner:
             await asyncio.sleep(idle * 0.002 if room else 0.001)
 
     def _update_lag(self) -> None:
-        """High watermark (as last fetched; no broker call) minus the read position."""
+        """High watermark (as last fetched) minus the read position. A partition this
+        process has read nothing from yet has no position: its group-committed offset
+        stands in (one broker call for those only, remembered until it reads)."""
         from confluent_kafka import KafkaException
 
         try:
+            positions = self._consumer.position(self._consumer.assignment())
+            assigned = {(tp.topic, tp.partition) for tp in positions}
+            self._start = {k: v for k, v in self._start.items() if k in assigned}
+            unread = [tp for tp in positions if tp.offset < 0]
+            missing = [tp for tp in unread if (tp.topic, tp.partition) not in self._start]
+            if missing:
+                for tp in self._consumer.committed(missing, timeout=1.0):
+                    if tp.error is None and tp.offset >= 0:
+                        self._start[(tp.topic, tp.partition)] = tp.offset
             lag = 0
-            for tp in self._consumer.position(self._consumer.assignment()):
-                if tp.offset < 0:
-                    continue
+            for tp in positions:
+                where = (tp.topic, tp.partition)
+                if tp.offset >= 0:
+                    self._start.pop(where, None)
+                    position = tp.offset
+                else:
+                    low, _ = self._consumer.get_watermark_offsets(tp, cached=True)
+                    position = self._start.get(where, low)  # nothing committed: from the start
                 _, high = self._consumer.get_watermark_offsets(tp, cached=True)
-                if high >= 0:
-                    lag += max(0, high - tp.offset)
+                if high >= 0 and position >= 0:
+                    lag += max(0, high - position)
         except KafkaException:
             return  # keep the last value; the next interval tries again
         self._lag.set(lag)
