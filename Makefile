@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= deploy/demo.toml
 
-.PHONY: run test lint typecheck pytest bench clean install
+.PHONY: run test lint typecheck pytest bench compose clean install
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,12 @@ bench: $(STAMP)
 	@command -v wrk >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq wrk; } \
 	  || { echo "bench: wrk is needed (Debian package wrk)"; exit 1; }
 	$(BIN)/python -m tests.bench.run_all
+
+compose:
+	@command -v docker >/dev/null 2>&1 || { echo "compose: needs Docker with the compose plugin"; exit 1; }
+	@test -f deploy/compose/secrets.env || { python3 deploy/compose/make_secrets.py > deploy/compose/secrets.env \
+	  && echo "compose: wrote deploy/compose/secrets.env with random secrets"; }
+	docker compose -f deploy/compose/compose.yaml up --build -d
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .state

@@ -146,6 +146,29 @@ def test_secrets_example_covers_every_secret_with_placeholders() -> None:
     ), "a real deploy/compose/secrets.env must be git-ignored"
 
 
+def test_make_secrets_gives_every_secret_a_fresh_value_the_config_accepts() -> None:
+    import subprocess
+    import sys
+
+    from gateway.config import load
+
+    def generate() -> dict[str, str]:
+        out = subprocess.run(
+            [sys.executable, str(COMPOSE_DIR / "make_secrets.py")],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        return dict(line.split("=", 1) for line in out.splitlines() if not line.startswith("#"))
+
+    first, second = generate(), generate()
+    assert set(first) == set(secret_env_names(COMPOSE_CONFIG))
+    assert all(first[name] != second[name] for name in first), "values must be random"
+    assert all("replace" not in value.lower() for value in first.values())
+    settings = load(COMPOSE_CONFIG, env=first)  # whsec_ keys decode, every secret is set
+    assert settings.sources
+
+
 def test_compose_config_parses_and_points_at_compose_services() -> None:
     from gateway.config import load
 
