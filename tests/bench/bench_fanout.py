@@ -158,7 +158,9 @@ def produce(bootstrap: str, topic: str, n: int, start: int, rate: float = 0.0) -
     producer.flush(60)
 
 
-def write_config(path: Path, bootstrap: str, prefix: str, port: int, fetch_wait_ms: int) -> None:
+def write_config(
+    path: Path, bootstrap: str, prefix: str, port: int, fetch_wait_ms: int, concurrency: int
+) -> None:
     path.write_text(
         f"""
 [bridge]
@@ -179,11 +181,12 @@ allow_unverified = true
 type = "http"
 url = "http://127.0.0.1:{port}/events"
 secret = "BENCH_SECRET"
-concurrency = 64
+concurrency = {concurrency}
 max_in_flight = 5000
 [sinks.kafka]
 type = "kafka"
 topic = "{prefix}-out"
+concurrency = {concurrency}
 max_in_flight = 5000
 """,
         encoding="utf-8",
@@ -257,6 +260,12 @@ def main(argv: list[str] | None = None) -> int:
         help="the fan-out consumer's fetch.wait.max.ms (librdkafka default 500): the embedded "
         "broker was seen to hold a fetch until it expires, which then dominates paced latency",
     )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=64,
+        help="both sinks' concurrency (attempts in flight; 64 is the default of a sink)",
+    )
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
@@ -297,7 +306,9 @@ def main(argv: list[str] | None = None) -> int:
         for sink in ("http", "kafka"):
             with tempfile.TemporaryDirectory() as tmp:
                 config = Path(tmp) / "bench.toml"
-                write_config(config, bootstrap, f"{prefix}{sink}", port, args.fetch_wait_ms)
+                write_config(
+                    config, bootstrap, f"{prefix}{sink}", port, args.fetch_wait_ms, args.concurrency
+                )
                 topic = f"{prefix}{sink}.bench.ordered"
                 ensure_topics({"bootstrap.servers": bootstrap}, [TopicSpec(topic, PARTITIONS, 1)])
                 produce(bootstrap, topic, args.events, 0)
@@ -346,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\nfan-out benchmark ({args.events} events backlog; paced {args.rate:.0f}/s for "
         f"{args.seconds:.0f} s; fetch.wait.max.ms {args.fetch_wait_ms}; "
+        f"concurrency {args.concurrency}; "
         "fan-out pinned to CPU 0, receiver to CPU 1)"
     )
     print(
