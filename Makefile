@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= deploy/demo.toml
 
-.PHONY: run test lint typecheck pytest bench compose clean install
+.PHONY: run test lint typecheck pytest bench compose clean install kafka-jars
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,7 +15,13 @@ $(STAMP): pyproject.toml requirements.lock
 
 install: $(STAMP)
 
-run: $(STAMP)
+# Apache Kafka's jars (version pinned in deploy/kafka/pom.xml) into .cache/kafka/, once.
+# Without Java 17+ or Maven this prints one line saying what is missing; `make run`
+# and the tests then use the embedded broker.
+kafka-jars: $(STAMP)
+	@$(BIN)/python -m gateway.apache_kafka fetch --optional
+
+run: $(STAMP) kafka-jars
 	$(BIN)/webhook-bridge up --config $(CONFIG)
 
 lint: $(STAMP)
@@ -25,7 +31,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP) tools
+pytest: $(STAMP) tools kafka-jars
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest
@@ -42,6 +48,6 @@ compose:
 	docker compose -f deploy/compose/compose.yaml up --build -d
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .state
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .state .cache
 
 include deploy/tools.mk

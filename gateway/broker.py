@@ -67,7 +67,10 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
 
 
 def wait_for_metadata(
-    bootstrap: str, timeout_s: float, process: subprocess.Popen[bytes] | None = None
+    bootstrap: str,
+    timeout_s: float,
+    process: subprocess.Popen[bytes] | None = None,
+    name: str = "embedded broker",
 ) -> None:
     """Block until the broker answers a metadata request, or raise BrokerError."""
     from confluent_kafka import KafkaException
@@ -77,7 +80,7 @@ def wait_for_metadata(
     deadline = time.monotonic() + timeout_s
     while True:
         if process is not None and process.poll() is not None:
-            raise BrokerError(f"embedded broker exited with code {process.returncode} at start")
+            raise BrokerError(f"{name} exited with code {process.returncode} at start")
         try:
             admin.list_topics(timeout=0.5)
             return
