@@ -289,11 +289,11 @@ def _check_layout(
 
 def _describe_configs(
     admin: AdminClient, topics: list[str], timeout_s: float
-) -> dict[str, dict[str, str] | str]:
-    """{topic: {key: value}} or {topic: why the broker could not describe it}.
+) -> dict[str, dict[str, Found] | str]:
+    """{topic: {key: (value, is a default)}} or {topic: why the broker could not describe it}.
 
-    A broker may return only the keys set on the topic (the embedded broker does);
-    a key that is missing is then the broker's default.
+    Apache Kafka reports every key, defaults marked as such; the embedded broker
+    returns only the keys set on the topic (a missing key is the broker's default).
     """
     from confluent_kafka import KafkaError, KafkaException
 
@@ -303,7 +303,7 @@ def _describe_configs(
         ResourceType,
     )
 
-    result: dict[str, dict[str, str] | str] = {}
+    result: dict[str, dict[str, Found] | str] = {}
     pending = list(topics)
     deadline = time.monotonic() + timeout_s
     while pending:
@@ -320,7 +320,9 @@ def _describe_configs(
         for resource, future in futures.items():
             try:
                 entries = future.result()
-                result[resource.name] = {k: str(v.value) for k, v in entries.items()}
+                result[resource.name] = {
+                    k: Found(str(v.value), bool(v.is_default)) for k, v in entries.items()
+                }
             except KafkaException as exc:
                 err = exc.args[0]
                 # a topic just created can be unknown to the broker asked, for a moment
@@ -334,14 +336,26 @@ def _describe_configs(
     return result
 
 
+@dataclass(frozen=True)
+class Found:
+    """A topic config as the broker reports it."""
+
+    value: str
+    default: bool  # not set on the topic: the broker's default
+
+    def __str__(self) -> str:
+        return f"{self.value} (broker default)" if self.default else self.value
+
+
 def _policies(value: str) -> set[str]:
     return {p.strip() for p in value.strip().strip("[]").split(",") if p.strip()}
 
 
-def _check_config(spec: TopicSpec, found: Mapping[str, str], report: TopicReport) -> None:
+def _check_config(spec: TopicSpec, found: Mapping[str, Found], report: TopicReport) -> None:
     for key, wanted in sorted(spec.config.items()):
-        value = found.get(key)
-        shown = "unset (broker default)" if value is None else value
+        entry = found.get(key)
+        shown = "unset (broker default)" if entry is None else str(entry)
+        value = None if entry is None else entry.value
         if key == CLEANUP_POLICY and "compact" in _policies(wanted):
             if value is None or _policies(value) != _policies(wanted):
                 report.add(
@@ -353,11 +367,11 @@ def _check_config(spec: TopicSpec, found: Mapping[str, str], report: TopicReport
         elif value is None or value.strip() != wanted.strip():
             report.add("warning", spec.name, f"{key} wanted {wanted}, found {shown}")
     if CLEANUP_POLICY not in spec.config:
-        value = found.get(CLEANUP_POLICY)
-        if value is not None and "compact" in _policies(value):
+        entry = found.get(CLEANUP_POLICY)
+        if entry is not None and "compact" in _policies(entry.value):
             report.add(
                 "warning",
                 spec.name,
-                f"{CLEANUP_POLICY} wanted delete (broker default), found {value}; "
+                f"{CLEANUP_POLICY} wanted delete (broker default), found {entry}; "
                 "compaction drops older records with the same key",
             )

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from consumers.replay import ReplayRange, replay
-from gateway.topics import ensure_topics, implied_topics, names
+from gateway.topics import TopicSpec, ensure_topics, implied_topics, names
 from tests.conftest import KafkaCluster
 from tests.receiver_support import (
     SECRET,
@@ -270,6 +270,12 @@ def test_kafka_and_log_sinks(kafka: KafkaCluster, unique_name: Callable[[str], s
         },
     )
     ensure_topics(settings.admin_config(), implied_topics(settings))
+    # A kafka sink writes to topics that exist: nothing is created by auto-creation.
+    sink_topics = [f"int-{prefix}.acme.payment_created", f"int-{prefix}.acme.payment.updated"]
+    ensure_topics(
+        settings.admin_config(),
+        [TopicSpec(name, 1, 1) for name in (*sink_topics, f"body-{prefix}")],
+    )
     events = [
         envelope(f"p{i}", f"K{i % 3}", "payment/created" if i % 2 else "payment.updated", seq=i)
         for i in range(10)
