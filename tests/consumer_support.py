@@ -35,6 +35,7 @@ def write_config(
     partitions: int = 3,
     commit_interval_ms: int = 100,
     max_batch: int = 5000,
+    extra: str = "",
 ) -> Path:
     """A config whose sources (named like their providers) accept unverified input."""
     state = str(tmp_path / "state") if state_dir is None else state_dir
@@ -64,7 +65,7 @@ def write_config(
     for provider in providers:
         lines += [f"[sources.{provider}]", 'scheme = "none"', "allow_unverified = true", ""]
     path = tmp_path / f"{prefix}.toml"
-    path.write_text("\n".join(lines), encoding="utf-8")
+    path.write_text("\n".join(lines) + "\n" + extra, encoding="utf-8")
     return path
 
 
@@ -256,6 +257,25 @@ class StageProcess:
         url = f"http://127.0.0.1:{port}/metrics"
         return urllib.request.urlopen(url, timeout=5).read().decode()  # type: ignore[no-any-return]
 
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        """Until the stage's /readyz says it holds partitions (its first join is done)."""
+        assert self.log_path is not None
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.alive(), self.log_path.read_text(errors="replace")[-3000:]
+            text = self.log_path.read_text(errors="replace")
+            if "ops endpoint listening" in text:
+                port = int(text.split("ops endpoint listening")[1].split("port=")[1].split()[0])
+                try:
+                    url = f"http://127.0.0.1:{port}/readyz"
+                    with urllib.request.urlopen(url, timeout=2) as response:
+                        if response.status == 200:
+                            return
+                except OSError:
+                    pass
+            time.sleep(0.1)
+        raise AssertionError(f"{self.stage} {self.instance_id} not ready in {timeout_s}s")
+
     def kill(self) -> None:
         if self.alive():
             assert self.process is not None
@@ -296,6 +316,33 @@ class Stages:
         return "\n".join(
             p.read_text(errors="replace")[-4000:] for p in sorted(self.tmp_path.glob("*.log"))
         )
+
+
+def group_assignment(
+    bootstrap: str, group: str, *, timeout_s: float = 60.0, members: int | None = None
+) -> dict[str, str]:
+    """{"topic[partition]": owner's client.id} once the group is stable (and has `members`)."""
+    from confluent_kafka import ConsumerGroupState
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+    deadline = time.monotonic() + timeout_s
+    seen: Any = None
+    while time.monotonic() < deadline:
+        seen = admin.describe_consumer_groups([group], request_timeout=10)[group].result()
+        owners = {
+            f"{tp.topic}[{tp.partition}]": member.client_id
+            for member in seen.members
+            for tp in member.assignment.topic_partitions
+        }
+        if (
+            seen.state == ConsumerGroupState.STABLE
+            and owners
+            and (members is None or len(seen.members) == members)
+        ):
+            return owners
+        time.sleep(0.2)
+    raise AssertionError(f"group {group} not stable within {timeout_s}s: {seen}")
 
 
 def by_key(records: Iterable[Record]) -> dict[bytes | None, list[Record]]:

@@ -68,6 +68,8 @@ def run_stage(args: argparse.Namespace, stage: str, build: Callable[[Any, str, A
             "isolation.level": "read_committed",
             "enable.auto.commit": "false",
             "enable.auto.offset.store": "false",
+            # names the member in the group's description (`kafka-consumer-groups`)
+            "client.id": f"{stage}-{instance_id}",
         }
     )
     loop = StageLoop(
