@@ -113,7 +113,14 @@ class Deliverer:
 
 
 class DeadLetters:
-    """Writes given-up events to ``<prefix>.dlq.<sink>``: same key and value, reason headers."""
+    """Writes given-up events to ``<prefix>.dlq.<sink>``: same key and value, reason headers.
+
+    A source record dead-lettered once is not written again by this process when a
+    rewind delivers it again (a kafka sink's aborted transaction); after a restart it
+    can be (the DLQ is at-least-once, like every delivery).
+    """
+
+    REMEMBERED = 10_000
 
     def __init__(self, producer_config: dict[str, Any], topic: str, sink: str) -> None:
         from confluent_kafka import Producer
@@ -128,6 +135,7 @@ class DeadLetters:
                 "linger.ms": 5,
             }
         )
+        self._written: dict[tuple[str, int, int], None] = {}
 
     async def send(
         self,
@@ -141,6 +149,9 @@ class DeadLetters:
         outcome: Outcome,
     ) -> None:
         """Returns once the broker acknowledged; retries a failed produce until it succeeds."""
+        source = (topic, partition, offset)
+        if source in self._written:
+            return
         dlq_headers: list[tuple[str, str | bytes | None]] = [
             (k, v) for k, v in headers if k not in ("content-type",) and v is not None
         ]
@@ -178,6 +189,9 @@ class DeadLetters:
                 if not done.is_set():
                     await asyncio.sleep(0.002)
             if errors[0] is None:
+                if len(self._written) >= self.REMEMBERED:
+                    del self._written[next(iter(self._written))]
+                self._written[source] = None
                 return
             logs.error("dlq produce failed", sink=self.sink, topic=self.topic, error=str(errors[0]))
             await asyncio.sleep(pause)

@@ -20,6 +20,14 @@ is a ``retry``. Waiting for the broker bounds a sink to about ``concurrency``
 records per round trip (``linger.ms`` 5 plus the broker's answer): raise
 ``concurrency`` for more throughput.
 
+A refusal the broker sends back in a delivery report (its log would not append
+the batch: a topic's ``max.message.bytes``, a policy) fails every record of the
+produce batch, not only the culprit, so such a record is not dead-lettered on
+that report: it is retried, and marked *suspect*. A suspect record is produced
+alone (after every report in flight is in, with no other record beside it), and
+only a refusal of it alone sends it to the DLQ; the innocent records of the
+batch are written.
+
 Transaction: the records and the consumer's offsets are committed in one Kafka
 transaction every commit interval. librdkafka refuses to commit a transaction in
 which any record failed, and a commit can fail by itself (coordinator, timeout):
@@ -92,6 +100,19 @@ _REFUSED_NAMES = (
 )
 
 
+# Of those, the ones about a record's content: the broker refuses the whole batch the
+# record came in (every record of it gets the error), so the culprit is not known.
+_CONTENT_REFUSED_NAMES = (
+    "MSG_SIZE_TOO_LARGE",
+    "RECORD_LIST_TOO_LARGE",
+    "INVALID_MSG_SIZE",
+    "INVALID_MSG",
+    "INVALID_RECORD",
+    "INVALID_TIMESTAMP",
+    "_BAD_MSG",
+)
+
+
 class TransactionAborted(SinkError, KafkaException):
     """The transaction failed and was aborted: what it held must be delivered again.
 
@@ -137,12 +158,19 @@ class KafkaSink(Sink):
             "linger.ms": 5,
         }
         self._refused_codes = frozenset(getattr(KafkaError, n) for n in _REFUSED_NAMES)
+        self._content_codes = frozenset(getattr(KafkaError, n) for n in _CONTENT_REFUSED_NAMES)
         self._producer = self._new_producer()
         self._in_txn = False
+        self._transactions = 0  # transactions ended (committed or aborted) so far
         self._topics: dict[tuple[str, str, str], str] = {}
         self._waiting: set[asyncio.Future[Any]] = set()  # deliveries awaiting their report
         self._poller: asyncio.Task[None] | None = None
         self._refused: dict[tuple[str, int, int], str] = {}  # source record -> reason
+        # refused by the broker inside a batch: produced alone from now on
+        self._suspect: dict[tuple[str, int, int], None] = {}
+        self._alone = asyncio.Lock()  # held while a suspect record is produced alone
+        self._others_may_produce = asyncio.Event()
+        self._others_may_produce.set()
 
     def _new_producer(self) -> Any:
         producer = Producer(self._config)
@@ -174,6 +202,21 @@ class KafkaSink(Sink):
         refused = self._refused.get(source)
         if refused is not None:  # refused before its transaction was aborted: not again
             return DeliveryResult.reject(refused)
+        if source not in self._suspect:
+            await self._others_may_produce.wait()
+            return await self._produce(event, source, alone=False)
+        async with self._alone:
+            self._others_may_produce.clear()
+            try:
+                while self._waiting:  # every record in flight reported: the batch is ours
+                    await asyncio.sleep(POLL_S)
+                return await self._produce(event, source, alone=True)
+            finally:
+                self._others_may_produce.set()
+
+    async def _produce(
+        self, event: Event, source: tuple[str, int, int], alone: bool
+    ) -> DeliveryResult:
         value = event.value if self.value_mode == "envelope" else event.envelope.body
         headers: list[tuple[str, str | bytes | None]] = list(event.headers)
         report: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -187,14 +230,23 @@ class KafkaSink(Sink):
                     value=value,
                     key=event.key,
                     headers=headers,
-                    on_delivery=partial(self._on_report, report, source),
+                    on_delivery=partial(self._on_report, report, source, alone),
                 )
                 break
             except BufferError:  # local queue full: let librdkafka send, then go on
                 self._producer.poll(0)
                 await asyncio.sleep(0.005)
-            except KafkaException as exc:  # refused before it was queued: no harm done
-                return self._result(exc.args[0])
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError._STATE or not self._in_txn:
+                    return self._result(exc.args[0])  # refused before it was queued
+                # The open transaction failed (another record's report): nothing can be
+                # produced in it. Wait for its abort, which rewinds and cancels this call,
+                # rather than spend a retry on it.
+                ended = self._transactions
+                while self._transactions == ended:
+                    await asyncio.sleep(0.01)
+        if alone:
+            self._producer.flush(0)  # send it now, in a batch of its own
         self._waiting.add(report)
         if self._poller is None or self._poller.done():
             self._poller = asyncio.create_task(self._serve_reports())
@@ -202,7 +254,13 @@ class KafkaSink(Sink):
             error = await report
         finally:
             self._waiting.discard(report)
-        return DeliveryResult.ok() if error is None else self._result(error)
+        if error is None:
+            self._suspect.pop(source, None)
+            return DeliveryResult.ok()
+        if error.code() in self._content_codes and not alone:
+            # The broker refused the batch this record was in: perhaps for another record.
+            return DeliveryResult.retry(f"kafka {error.name()} (batch refused): {error.str()}")
+        return self._result(error)
 
     def _result(self, error: Any) -> DeliveryResult:
         reason = f"kafka {error.name()}: {error.str()}"
@@ -211,15 +269,21 @@ class KafkaSink(Sink):
         return DeliveryResult.retry(reason)
 
     def _on_report(
-        self, report: asyncio.Future[Any], source: tuple[str, int, int], error: Any, _msg: Any
+        self,
+        report: asyncio.Future[Any],
+        source: tuple[str, int, int],
+        alone: bool,
+        error: Any,
+        _msg: Any,
     ) -> None:
         """librdkafka's delivery callback, served by `poll` (or a flush) on the loop's thread."""
         if error is not None and error.code() in self._refused_codes:
             # This failed report dooms the transaction, and the runner then delivers the
             # record again: remember it here (its deliver() may be cancelled by then).
-            if len(self._refused) >= MAX_REFUSED:
-                del self._refused[next(iter(self._refused))]
-            self._refused[source] = self._result(error).reason
+            if error.code() in self._content_codes and not alone:
+                _remember(self._suspect, source, None)
+            else:
+                _remember(self._refused, source, self._result(error).reason)
         if not report.done():  # a cancelled deliver() left it behind
             report.set_result(error)
 
@@ -245,6 +309,7 @@ class KafkaSink(Sink):
                 self._producer.send_offsets_to_transaction(offsets, group_metadata, TXN_TIMEOUT_S)
             self._producer.commit_transaction(TXN_TIMEOUT_S)
             self._in_txn = False
+            self._transactions += 1
         except KafkaException as exc:
             error = exc.args[0]
             self._abort(error)
@@ -278,6 +343,7 @@ class KafkaSink(Sink):
                     report.set_result(KafkaError(KafkaError._PURGE_QUEUE))
             self._producer = producer
         self._in_txn = False
+        self._transactions += 1
 
     async def close(self) -> None:
         if self._poller is not None:
@@ -287,6 +353,14 @@ class KafkaSink(Sink):
             with contextlib.suppress(Exception):
                 self._producer.abort_transaction(10)
         self._producer.flush(10)
+
+
+def _remember(
+    table: dict[tuple[str, int, int], Any], source: tuple[str, int, int], value: Any
+) -> None:
+    if source not in table and len(table) >= MAX_REFUSED:
+        del table[next(iter(table))]
+    table[source] = value
 
 
 def _parse(opts: Options) -> tuple[str, str]:
