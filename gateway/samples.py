@@ -52,18 +52,14 @@ def sample_document(
             },
         }
     if scheme == "justwallet":
-        return {
-            "event.type": kind,
-            "data": {
-                "id": rid,
-                "status": "completed",
-                "amount": 100.0,
-                "currency": "USD",
-                "created_at": _iso(when),
-                "updated_at": _iso(when),
-                "nonce": eid,
-            },
-        }
+        # PROVIDERS.md: the type is the literal key "event.type"; data.id is the payout or
+        # transaction (absent on quote_creation.failed); ISO times with microseconds. The
+        # body is compact, ASCII, without floats or "/": the documentation's Node, PHP and
+        # Ruby samples re-serialise it to the same bytes, so one signature fits them all.
+        data: dict[str, Any] = {"id": rid, "created_at": _iso(when), "updated_at": _iso(when)}
+        if kind == "quote_creation.failed":
+            del data["id"]
+        return {"event.type": kind, "data": data}
     if scheme == "jpmorgan":
         return {
             "eventId": eid,

@@ -280,10 +280,7 @@ def verifier_modes() -> frozenset[str]:
     """Every ``mode`` a built-in verifier can report ("" for schemes without modes)."""
     from gateway.verify import jpmorgan, justwallet
 
-    reserialized = "hmac-reserialized"  # reported as the serialiser that matched
-    assert reserialized in justwallet.MODES, "justwallet.MODES changed: update verifier_modes()"
-    wallet = {m for m in justwallet.MODES if m != reserialized}
-    wallet.update(name for name, _ in justwallet.SERIALISERS)
+    wallet = set(justwallet.MODE_NAMES)  # reported as configured
     methods = {  # the configured methods, in METHODS order, joined by "+"
         "+".join(chosen)
         for size in range(1, len(jpmorgan.METHODS) + 1)
