@@ -35,11 +35,13 @@ DEFAULT_SELECTORS: dict[str, dict[str, str]] = {
         " | data.id | clientId",
     },
     # {"id": "evt_...", "type": "link.credentials_changed", "created_at": ..., "data": {...}}
+    # A refresh intent's data names the link or account it refreshed in refreshed_object_id
+    # (Fintoc's Ruby and Python samples read it there); data.id would be the intent.
     "fintoc": {
         "id": "id",
         "type": "type",
         "occurred_at": "created_at | signed:timestamp",
-        "ordering_key": "data.id",
+        "ordering_key": "data.refreshed_object_id | data.id",
     },
     "standard-webhooks": {
         "id": "signed:id",

@@ -1,4 +1,4 @@
-"""Sample webhook bodies shaped like each provider's documented payloads.
+"""Sample webhook bodies shaped like each provider's documented payloads (docs/providers.md).
 
 Used by `webhook-bridge send`, the end-to-end tests and the benchmark. Each call
 makes a new event (fresh ids) unless `event_id` is given.
@@ -68,13 +68,36 @@ def sample_document(
             "eventTime": _iso(when),
             "data": {"transactionId": rid, "status": "COMPLETED"},
         }
-    if scheme in ("fintoc", "stripe"):
-        created: Any = _iso(when) if scheme == "fintoc" else int(when)
+    if scheme == "fintoc":
+        # Fintoc's events: {"id", "type", "mode", "created_at", "data", "object": "event"};
+        # a refresh intent names what it refreshed in data.refreshed_object(_id).
+        fintoc_data: dict[str, Any]
+        if ".refresh_intent." in kind:
+            refreshed = kind.split(".", 1)[0]
+            fintoc_data = {
+                "object": "refresh_intent",
+                "refreshed_object": refreshed,
+                "refreshed_object_id": rid,
+                "status": kind.rsplit(".", 1)[-1],
+                "created_at": _iso(when),
+                "type": "only_last",
+            }
+        else:
+            fintoc_data = {"id": rid, "object": kind.split(".", 1)[0]}
         return {
             "id": eid,
             "type": kind,
-            "created_at" if scheme == "fintoc" else "created": created,
-            "data": {"id": rid, "object": {"id": rid}},
+            "mode": "test",
+            "created_at": _iso(when),
+            "data": fintoc_data,
+            "object": "event",
+        }
+    if scheme == "stripe":
+        return {
+            "id": eid,
+            "type": kind,
+            "created": int(when),
+            "data": {"object": {"id": rid}},
         }
     if scheme == "github":
         return {"action": "opened", "repository": {"full_name": f"acme/{rid}"}}

@@ -72,6 +72,42 @@ def test_fintoc_uses_provider_id() -> None:
     assert env.occurred_at == RECEIVED and env.occurred_at_origin == "RECEIVED"
 
 
+# Fintoc's documented account.refresh_intent.succeeded event ("Wait for the results using a
+# Webhook Endpoint"): data is the intent and has no id of its own; the account is in
+# refreshed_object_id.
+FINTOC_REFRESH_INTENT: dict[str, Any] = {
+    "id": "evt_00000000",
+    "type": "account.refresh_intent.succeeded",
+    "mode": "live",
+    "created_at": "2021-12-07T21:43:54.343Z",
+    "data": {
+        "object": "refresh_intent",
+        "refreshed_object": "account",
+        "refreshed_object_id": "acc_00000000",
+        "status": "succeeded",
+        "created_at": "2021-12-03T00:00:00.000Z",
+        "type": "only_last",
+        "new_movements": 5,
+    },
+    "object": "event",
+}
+
+
+@pytest.mark.parametrize(
+    ("data", "key"),
+    [
+        (FINTOC_REFRESH_INTENT["data"], "acc_00000000"),
+        ({**FINTOC_REFRESH_INTENT["data"], "id": "ri_1"}, "acc_00000000"),  # not the intent
+        ({"id": "link_9", "object": "link"}, "link_9"),  # other events: the object itself
+    ],
+)
+def test_fintoc_orders_refresh_intents_by_the_refreshed_object(data: Any, key: str) -> None:
+    env = envelope_for("fintoc", {**FINTOC_REFRESH_INTENT, "data": data})
+    assert env.ordering_key == key
+    assert (env.event_id, env.event_type) == ("evt_00000000", "account.refresh_intent.succeeded")
+    assert env.occurred_at_origin == "PAYLOAD"
+
+
 def test_jpmorgan_event_id() -> None:
     env = envelope_for(
         "jpmorgan", {"eventId": 42, "eventType": "ACCOUNT_CREATED", "resourceId": "acc-1"}
