@@ -23,6 +23,9 @@ DEFAULT_TYPES = {
 }
 
 
+_JPMORGAN_RESOURCE_TYPES = {"CLIENT": "CLIENTS", "ACCOUNT": "ACCOUNTS", "RECIPIENT": "RECIPIENTS"}
+
+
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -61,12 +64,13 @@ def sample_document(
             del data["id"]
         return {"event.type": kind, "data": data}
     if scheme == "jpmorgan":
+        # J.P. Morgan's "Notification payload samples": the resource is a JSON string.
+        # They show CLIENTS and ACCOUNTS; TRANSACTIONS and RECIPIENTS are assumed.
         return {
             "eventId": eid,
             "eventType": kind,
-            "resourceId": rid,
-            "eventTime": _iso(when),
-            "data": {"transactionId": rid, "status": "COMPLETED"},
+            "resourceType": _JPMORGAN_RESOURCE_TYPES.get(kind.split("_", 1)[0], "TRANSACTIONS"),
+            "resource": json.dumps({"id": rid}, separators=(",", ":")),
         }
     if scheme == "fintoc":
         # Fintoc's events: {"id", "type", "mode", "created_at", "data", "object": "event"};

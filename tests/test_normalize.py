@@ -108,12 +108,52 @@ def test_fintoc_orders_refresh_intents_by_the_refreshed_object(data: Any, key: s
     assert env.occurred_at_origin == "PAYLOAD"
 
 
-def test_jpmorgan_event_id() -> None:
-    env = envelope_for(
-        "jpmorgan", {"eventId": 42, "eventType": "ACCOUNT_CREATED", "resourceId": "acc-1"}
-    )
-    assert env.event_id == "42" and env.event_type == "ACCOUNT_CREATED"
-    assert env.ordering_key == "acc-1"
+# From J.P. Morgan's "Notification payload samples" (Embedded Payments): the resource is a
+# JSON string, and some events repeat it parsed as resourceObject.
+JPM_CLIENT = {
+    "eventId": "903",
+    "eventType": "CLIENT_ONBOARDING",
+    "resourceType": "CLIENTS",
+    "resource": '{"id":"3000005555","status":"NEW","hasOutstandingInformation":false,'
+    '"customerIdentityStatus":"NEW"}',
+}
+JPM_ACCOUNT = {
+    "eventId": "5120",
+    "eventType": "ACCOUNT_CREATED",
+    "resourceType": "ACCOUNTS",
+    "resource": '{"id":"9c7798a8643a40068cb4d12d97ab68f5","clientId":"1000020694",'
+    '"type":"LIMITED_DDA","state":"OPEN","createdAt":"2024-06-17T14:04:22.963402108Z"}',
+    "resourceObject": {
+        "id": "9c7798a8643a40068cb4d12d97ab68f5",
+        "clientId": "1000020694",
+        "type": "LIMITED_DDA",
+        "state": "OPEN",
+        "createdAt": "2024-06-17T14:04:22.963402108Z",
+    },
+}
+
+
+@pytest.mark.parametrize(
+    ("document", "event_id", "event_type", "key"),
+    [
+        (JPM_CLIENT, "903", "CLIENT_ONBOARDING", "3000005555"),
+        (JPM_ACCOUNT, "5120", "ACCOUNT_CREATED", "9c7798a8643a40068cb4d12d97ab68f5"),
+        (
+            {k: v for k, v in JPM_ACCOUNT.items() if k != "resourceObject"},
+            "5120",
+            "ACCOUNT_CREATED",
+            "9c7798a8643a40068cb4d12d97ab68f5",
+        ),
+    ],
+)
+def test_jpmorgan_documented_payloads(
+    document: dict[str, Any], event_id: str, event_type: str, key: str
+) -> None:
+    env = envelope_for("jpmorgan", document)
+    assert (env.event_id, env.event_id_origin, env.event_type) == (event_id, "PAYLOAD", event_type)
+    assert env.ordering_key == key
+    # The resource's createdAt is not the event's time; none is documented.
+    assert (env.occurred_at, env.occurred_at_origin) == (RECEIVED, "RECEIVED")
 
 
 def test_same_event_resent_with_other_whitespace_and_key_order_has_same_id() -> None:
