@@ -389,3 +389,13 @@ def test_check_config_refuses_a_short_jiko_secret(
         "config error: sources.jiko.secrets: JIKO_WEBHOOK_SECRET is shorter than 16 "
         "characters, the least this provider allows"
     )
+
+
+def test_docs_state_the_provider_rules() -> None:
+    docs = (REPO / "docs" / "providers.md").read_text(encoding="utf-8")
+    assert config.SECRET_MIN_CHARS == {"jiko": 16}
+    assert "at least 16 characters" in docs
+    assert config.ANSWER_WITHIN_S == {"jpmorgan": 3.0}
+    assert "the rule is `deadline_s < 3.0`" in docs
+    assert config.RESENDS_FOR_S == {"jpmorgan": 259200.0}
+    assert "`dedup_horizon_s` under 259200 (72 h)" in docs

@@ -18,6 +18,7 @@ from gateway.errors import BridgeError, ConfigError
 from gateway.samples import sample_body
 from gateway.send import prepare
 from gateway.verify import build_verifier, sign_request
+from gateway.verify.justwallet import MODES
 from gateway.verify.reserialize import WRITERS, parse
 from tests.support import settings_from_toml
 from tests.verify_vectors import assert_rejected, hmac_hex, make_ctx, req, verify
@@ -298,3 +299,12 @@ def test_signer_round_trip(mode: str) -> None:
 def test_signer_refuses_a_body_no_sample_can_read() -> None:
     with pytest.raises(BridgeError, match="JSON object or array"):
         sign_request("justwallet", make_ctx([SECRET]), b"payout=1", 0)
+
+
+def test_docs_list_exactly_the_accepted_modes() -> None:
+    """docs/providers.md's "Accepted modes" table names each mode label, header and no other."""
+    docs = (Path(__file__).parent.parent / "docs" / "providers.md").read_text(encoding="utf-8")
+    table = docs.split("### Accepted modes", 1)[1].split("\n\n")[2]
+    rows = [line.split("|")[1:3] for line in table.splitlines()[2:]]
+    documented = {cell.strip(" `"): header.strip(" `") for cell, header in rows}
+    assert documented == {mode.name: mode.header for mode in MODES}
