@@ -211,7 +211,11 @@ class WebhookEndpoint:
             per_source.delivery_errors["queue_full"].inc()
             return self._unavailable()
         envelope = normalize(
-            source, verified, received_at_us=int(now * 1_000_000), request_id=request_id
+            source,
+            verified,
+            received_at_us=int(now * 1_000_000),
+            request_id=request_id,
+            on_fallback=lambda field: per_source.fallbacks[field].inc(),
         )
         quarantined = envelope.quarantine_reason is not None
         topic = self.topics.quarantine if quarantined else self.topics.raw(source.provider)

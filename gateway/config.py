@@ -300,8 +300,15 @@ def parse(raw: Mapping[str, Any], env: Mapping[str, str], base_dir: Path = Path(
     return settings
 
 
-# Providers whose documentation counts only 200 as delivered (PROVIDERS.md).
+# What the providers' documentation rules out (PROVIDERS.md; docs/providers.md lists them).
+# Only 200 counts as delivered:
 ONLY_200_SCHEMES = frozenset({"justwallet", "jpmorgan"})
+# Jiko: the partner's shared secret has at least 16 characters.
+SECRET_MIN_CHARS = {"jiko": 16}
+# J.P. Morgan expects the 200 within 3 s: the publish deadline must end before that.
+ANSWER_WITHIN_S = {"jpmorgan": 3.0}
+# J.P. Morgan resends an unanswered notification for up to 72 h, with the same eventId.
+RESENDS_FOR_S = {"jpmorgan": 72 * 3600.0}
 
 
 def _check_values(s: Settings) -> None:
@@ -413,7 +420,7 @@ def _source(
             f"{where}.scheme",
             "'none' accepts unverified webhooks; set allow_unverified = true to run it on purpose",
         )
-    secrets = _secrets(table, where, env, base_dir)
+    secrets = _secrets(table, where, env, base_dir, SECRET_MIN_CHARS.get(scheme, 1))
     options = table.get("verify", {})
     if not isinstance(options, Mapping):
         raise ConfigError(f"{where}.verify", "must be a table")
@@ -446,6 +453,10 @@ def _source(
         raise ConfigError(f"{where}.body_limit", "must be a positive number of bytes")
     if deadline_s <= 0:
         raise ConfigError(f"{where}.deadline_s", "must be positive")
+    dedup_horizon_s = _scalar(
+        table, "dedup_horizon_s", float, where, env, default=compactor.dedup_horizon_s
+    )
+    _check_provider_limits(scheme, where, table, env, deadline_s, dedup_horizon_s)
     return SourceSettings(
         name=name,
         scheme=scheme,
@@ -456,9 +467,7 @@ def _source(
         deadline_s=deadline_s,
         body_limit=body_limit,
         success_status=status,
-        dedup_horizon_s=_scalar(
-            table, "dedup_horizon_s", float, where, env, default=compactor.dedup_horizon_s
-        ),
+        dedup_horizon_s=dedup_horizon_s,
         reorder_window_s=_scalar(
             table, "reorder_window_s", float, where, env, default=reorderer.window_s
         ),
@@ -467,9 +476,44 @@ def _source(
     )
 
 
+def _check_provider_limits(
+    scheme: str,
+    where: str,
+    table: Mapping[str, Any],
+    env: Mapping[str, str],
+    deadline_s: float,
+    dedup_horizon_s: float,
+) -> None:
+    def origin(key: str, section: str) -> str:
+        own = key in table or env_name(f"{where}.{key}") in env
+        return "" if own else f", from {section}.{key}"
+
+    limit = ANSWER_WITHIN_S.get(scheme)
+    if limit is not None and deadline_s >= limit:
+        raise ConfigError(
+            f"{where}.deadline_s",
+            f"must be below {limit} (is {deadline_s}{origin('deadline_s', 'gateway')}): "
+            f"{scheme} counts an answer after {limit:g} s as a failure",
+        )
+    resends = RESENDS_FOR_S.get(scheme)
+    if resends is not None and dedup_horizon_s < resends:
+        raise ConfigError(
+            f"{where}.dedup_horizon_s",
+            f"must be at least {resends:g} (is {dedup_horizon_s:g}"
+            f"{origin('dedup_horizon_s', 'compactor')}): {scheme} resends a notification "
+            f"for up to {resends / 3600:g} h, and a shorter horizon lets the resend through",
+        )
+
+
 def _secrets(
-    table: Mapping[str, Any], where: str, env: Mapping[str, str], base_dir: Path
+    table: Mapping[str, Any],
+    where: str,
+    env: Mapping[str, str],
+    base_dir: Path,
+    min_chars: int = 1,
 ) -> tuple[Secret, ...]:
+    """Every live secret, from environment variables and files. `min_chars` is the
+    shortest secret the provider allows (in characters)."""
     out: list[Secret] = []
     names = table.get("secrets", [])
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
@@ -478,6 +522,8 @@ def _secrets(
         value = env.get(var)
         if not value:
             raise ConfigError(f"{where}.secrets", f"environment variable {var} is not set")
+        if len(value) < min_chars:
+            raise ConfigError(f"{where}.secrets", f"{var} is {_too_short(min_chars)}")
         out.append(Secret(key_id=var, value=value.encode("utf-8")))
     files = table.get("secret_files", [])
     if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
@@ -492,8 +538,15 @@ def _secrets(
             ) from None
         if not value:
             raise ConfigError(f"{where}.secret_files", f"{name} is empty")
+        if len(value) < min_chars:
+            raise ConfigError(f"{where}.secret_files", f"{name} is {_too_short(min_chars)}")
         out.append(Secret(key_id=path.name, value=value.encode("utf-8")))
     return tuple(out)
+
+
+def _too_short(min_chars: int) -> str:
+    # Never the secret, nor its length.
+    return f"shorter than {min_chars} characters, the least this provider allows"
 
 
 def _sink(name: str, table: Mapping[str, Any], env: Mapping[str, str]) -> SinkSettings:

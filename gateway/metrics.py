@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from gateway.normalize import FIELDS
 from gateway.verify.base import REASONS
 
 UNKNOWN_SOURCE = "_unknown"
@@ -41,6 +42,7 @@ class SourceMetrics:
     request: Histogram
     body_size: Histogram
     delivery_errors: dict[str, Counter]
+    fallbacks: dict[str, Counter]
 
 
 class GatewayMetrics:
@@ -105,6 +107,14 @@ class GatewayMetrics:
             buckets=SIZE_BUCKETS,
             registry=registry,
         )
+        self.fallbacks = Counter(
+            f"{ns}_selector_fallbacks",
+            "Events whose selector for a field found no usable value, so the field fell "
+            "back (id: body hash, type: quarantined, occurred_at: time received, "
+            "ordering_key: event id)",
+            ["source", "field"],
+            registry=registry,
+        )
         self.by_source: dict[str, SourceMetrics] = {}
         for name, deadline in [*sources, (UNKNOWN_SOURCE, 0.0)]:
             self.deadline.labels(name).set(deadline)
@@ -115,5 +125,6 @@ class GatewayMetrics:
                 request=self.request.labels(name),
                 body_size=self.body_size.labels(name),
                 delivery_errors={r: self.delivery_errors.labels(name, r) for r in DELIVERY_ERRORS},
+                fallbacks={f: self.fallbacks.labels(name, f) for f in FIELDS},
             )
         self.rebuilds.inc(0)

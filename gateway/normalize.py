@@ -4,6 +4,13 @@ The body is parsed only after verification. A verified body that cannot be used
 (not UTF-8, not JSON, no event type) still becomes an envelope, with
 ``quarantine_reason`` set: it is stored in the quarantine topic and acknowledged,
 because a provider's retry would carry the same bytes.
+
+When a configured selector finds no usable value, the field falls back: the event id to
+the body hash, occurred_at to the time received, the ordering key to the event id (its
+own lane: never one shared by all such events), and a missing type quarantines the
+event. Each fallback is reported to `on_fallback` with its field from `FIELDS`, so a
+provider's payload drift shows in a metric. A field without a selector (Jiko's id, J.P.
+Morgan's time) takes its default by design and is not a fallback.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import hashlib
 import json
 import math
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -46,6 +54,7 @@ HEADER_ALLOW_LIST = frozenset(
         "key-id",
     }
 )
+FIELDS = ("id", "type", "occurred_at", "ordering_key")  # the fields selectors fill
 MAX_HEADER_VALUE = 1024
 MAX_ID_LENGTH = 256
 MAX_TYPE_LENGTH = 256
@@ -61,6 +70,7 @@ def normalize(
     *,
     received_at_us: int,
     request_id: str,
+    on_fallback: Callable[[str], object] | None = None,
 ) -> Envelope:
     headers = verified.request.headers
     body = verified.request.body
@@ -75,7 +85,19 @@ def normalize(
     if problem is None and event_type is None:
         problem = "no event type at " + (sel.type.text if sel.type else "(no type selector)")
     occurred_at, time_origin = _occurred_at(sel.occurred_at, document, verified, received_at_us)
-    ordering_key = _text(sel.ordering_key, document, verified, MAX_KEY_LENGTH) or source.provider
+    ordering_key = _text(sel.ordering_key, document, verified, MAX_KEY_LENGTH)
+    if on_fallback is not None:
+        fell_back = (
+            ("id", sel.id, id_origin == "BODY_HASH"),
+            ("type", sel.type, event_type is None),
+            ("occurred_at", sel.occurred_at, time_origin == "RECEIVED"),
+            ("ordering_key", sel.ordering_key, ordering_key is None),
+        )
+        for field, selector, missed in fell_back:
+            if selector is not None and missed:
+                on_fallback(field)
+    if ordering_key is None:
+        ordering_key = event_id if sel.ordering_key is not None else source.provider
     return Envelope(
         event_id=event_id,
         event_id_origin=id_origin,

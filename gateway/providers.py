@@ -1,4 +1,4 @@
-"""Default selectors per scheme, from the payloads in each provider's documentation.
+"""Default selectors per scheme, from each provider's documentation (docs/providers.md).
 
 A source's ``[sources.X.select]`` overrides any of them. Where a provider documents
 no event id (Jiko, Just Wallet), the id is a hash of the canonical JSON body: a
@@ -25,21 +25,23 @@ DEFAULT_SELECTORS: dict[str, dict[str, str]] = {
         "occurred_at": "data.completed_at | data.updated_at | data.created_at",
         "ordering_key": "data.id",
     },
-    # {"eventId": ..., "eventType": "TRANSACTION_COMPLETED", ...}; the resource fields
-    # are not published in detail, hence several alternatives.
+    # J.P. Morgan's "Notification payload samples" page (Embedded Payments; PROVIDERS.md
+    # shows no payload): {"eventId": "5120", "eventType": "ACCOUNT_CREATED",
+    # "resourceType": "ACCOUNTS", "resource": "{\"id\": ...}" (a JSON string), and on some
+    # events "resourceObject": {"id": ...}}. No event time: occurred_at is when received.
     "jpmorgan": {
         "id": "eventId",
         "type": "eventType",
-        "occurred_at": "eventTime | timestamp | createdAt | data.createdAt",
-        "ordering_key": "resourceId | data.transactionId | data.accountId | data.clientId"
-        " | data.id | clientId",
+        "ordering_key": "resourceObject.id | resource.id",
     },
     # {"id": "evt_...", "type": "link.credentials_changed", "created_at": ..., "data": {...}}
+    # A refresh intent's data names the link or account it refreshed in refreshed_object_id
+    # (Fintoc's Ruby and Python samples read it there); data.id would be the intent.
     "fintoc": {
         "id": "id",
         "type": "type",
         "occurred_at": "created_at | signed:timestamp",
-        "ordering_key": "data.id",
+        "ordering_key": "data.refreshed_object_id | data.id",
     },
     "standard-webhooks": {
         "id": "signed:id",

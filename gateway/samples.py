@@ -1,4 +1,4 @@
-"""Sample webhook bodies shaped like each provider's documented payloads.
+"""Sample webhook bodies shaped like each provider's documented payloads (docs/providers.md).
 
 Used by `webhook-bridge send`, the end-to-end tests and the benchmark. Each call
 makes a new event (fresh ids) unless `event_id` is given.
@@ -21,6 +21,9 @@ DEFAULT_TYPES = {
     "shopify": "orders/create",
     "slack": "event_callback",
 }
+
+
+_JPMORGAN_RESOURCE_TYPES = {"CLIENT": "CLIENTS", "ACCOUNT": "ACCOUNTS", "RECIPIENT": "RECIPIENTS"}
 
 
 def _iso(ts: float) -> str:
@@ -52,33 +55,53 @@ def sample_document(
             },
         }
     if scheme == "justwallet":
-        return {
-            "event.type": kind,
-            "data": {
-                "id": rid,
-                "status": "completed",
-                "amount": 100.0,
-                "currency": "USD",
-                "created_at": _iso(when),
-                "updated_at": _iso(when),
-                "nonce": eid,
-            },
-        }
+        # PROVIDERS.md: the type is the literal key "event.type"; data.id is the payout or
+        # transaction (absent on quote_creation.failed); ISO times with microseconds. The
+        # body is compact, ASCII, without floats or "/": the documentation's Node, PHP and
+        # Ruby samples re-serialise it to the same bytes, so one signature fits them all.
+        data: dict[str, Any] = {"id": rid, "created_at": _iso(when), "updated_at": _iso(when)}
+        if kind == "quote_creation.failed":
+            del data["id"]
+        return {"event.type": kind, "data": data}
     if scheme == "jpmorgan":
+        # J.P. Morgan's "Notification payload samples": the resource is a JSON string.
+        # They show CLIENTS and ACCOUNTS; TRANSACTIONS and RECIPIENTS are assumed.
         return {
             "eventId": eid,
             "eventType": kind,
-            "resourceId": rid,
-            "eventTime": _iso(when),
-            "data": {"transactionId": rid, "status": "COMPLETED"},
+            "resourceType": _JPMORGAN_RESOURCE_TYPES.get(kind.split("_", 1)[0], "TRANSACTIONS"),
+            "resource": json.dumps({"id": rid}, separators=(",", ":")),
         }
-    if scheme in ("fintoc", "stripe"):
-        created: Any = _iso(when) if scheme == "fintoc" else int(when)
+    if scheme == "fintoc":
+        # Fintoc's events: {"id", "type", "mode", "created_at", "data", "object": "event"};
+        # a refresh intent names what it refreshed in data.refreshed_object(_id).
+        fintoc_data: dict[str, Any]
+        if ".refresh_intent." in kind:
+            refreshed = kind.split(".", 1)[0]
+            fintoc_data = {
+                "object": "refresh_intent",
+                "refreshed_object": refreshed,
+                "refreshed_object_id": rid,
+                "status": kind.rsplit(".", 1)[-1],
+                "created_at": _iso(when),
+                "type": "only_last",
+            }
+        else:
+            fintoc_data = {"id": rid, "object": kind.split(".", 1)[0]}
         return {
             "id": eid,
             "type": kind,
-            "created_at" if scheme == "fintoc" else "created": created,
-            "data": {"id": rid, "object": {"id": rid}},
+            "mode": "test",
+            "created_at": _iso(when),
+            "data": fintoc_data,
+            "object": "event",
+        }
+    if scheme == "stripe":
+        return {
+            "id": eid,
+            "type": kind,
+            "created": int(when),
+            "data": {"object": {"id": rid}},
         }
     if scheme == "github":
         return {"action": "opened", "repository": {"full_name": f"acme/{rid}"}}

@@ -6,6 +6,8 @@ non-empty value wins::
     data.id                      a path into the JSON body (``body:`` is implied)
     ["event.type"]               a key that itself contains a dot (Just Wallet)
     data.items[0].id             a list index
+    resource.id                  a path continues into a string holding a JSON document
+                                 (J.P. Morgan sends its "resource" as such a string)
     header:X-GitHub-Delivery     a request header (case-insensitive)
     signed:id | signed:timestamp | signed:type
                                  what the verifier extracted from signed headers
@@ -13,6 +15,7 @@ non-empty value wins::
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -61,6 +64,8 @@ class Selector:
 
 def _walk(node: Any, path: tuple[str | int, ...]) -> Any:
     for part in path:
+        if isinstance(node, str):
+            node = _embedded(node)
         if isinstance(part, int):
             if not isinstance(node, list) or part >= len(node):
                 return None
@@ -72,6 +77,16 @@ def _walk(node: Any, path: tuple[str | int, ...]) -> Any:
             if node is None:
                 return None
     return node
+
+
+def _embedded(text: str) -> Any:
+    """The JSON object or array a string holds, else None (a path cannot go on)."""
+    if not text.lstrip().startswith(("{", "[")):
+        return None
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return None
 
 
 def parse_selector(text: str, key: str) -> Selector:

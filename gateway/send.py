@@ -20,6 +20,8 @@ from gateway.errors import ConfigError
 if TYPE_CHECKING:
     import httpx
 
+    from gateway.config import SourceSettings
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_argument(parser)
@@ -31,11 +33,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--count", type=int, default=1, help="send this many events")
 
 
+def prepare(
+    source: SourceSettings,
+    *,
+    event_type: str,
+    event_id: str,
+    now: float,
+    body: bytes | None = None,
+) -> tuple[bytes, dict[str, str]]:
+    """The body (a sample of the provider's documented shape unless given) and the headers
+    its provider would attach, signed the way that provider's documentation says."""
+    from gateway.samples import sample_body
+    from gateway.verify import sign_request
+
+    if body is None:
+        body = sample_body(source.scheme, event_type=event_type, event_id=event_id, now=now)
+    headers = sign_request(
+        source.scheme, source.verify_context, body, now, event_id=event_id, event_type=event_type
+    )
+    headers.setdefault("content-type", "application/json")
+    return body, headers
+
+
 def run(args: argparse.Namespace) -> int:
     import httpx
 
-    from gateway.samples import DEFAULT_TYPES, sample_body
-    from gateway.verify import sign_request
+    from gateway.samples import DEFAULT_TYPES
 
     settings = config_module.load(args.config)
     source = settings.sources.get(args.source)
@@ -52,22 +75,13 @@ def run(args: argparse.Namespace) -> int:
     status = 0
     with httpx.Client(timeout=10.0) as client:
         for _ in range(args.count):
-            now = time.time()
-            event_id = args.event_id or f"evt_{uuid.uuid4().hex[:20]}"
-            body = (
-                Path(args.body).read_bytes()
-                if args.body
-                else sample_body(source.scheme, event_type=event_type, event_id=event_id, now=now)
-            )
-            headers = sign_request(
-                source.scheme,
-                source.verify_context,
-                body,
-                now,
-                event_id=event_id,
+            body, headers = prepare(
+                source,
                 event_type=event_type,
+                event_id=args.event_id or f"evt_{uuid.uuid4().hex[:20]}",
+                now=time.time(),
+                body=Path(args.body).read_bytes() if args.body else None,
             )
-            headers.setdefault("content-type", "application/json")
             response = client.post(f"{base}/webhooks/{source.name}", content=body, headers=headers)
             print(f"{response.status_code} {response.text}")
             if response.status_code >= 300 or _quarantined(response):

@@ -66,6 +66,7 @@ METRIC_CATALOGUE = frozenset(
         "webhook_bridge_gateway_delivery_errors_total",
         "webhook_bridge_gateway_producer_rebuilds_total",
         "webhook_bridge_gateway_body_size_bytes",
+        "webhook_bridge_gateway_selector_fallbacks_total",
         "webhook_bridge_stage_consumed_total",
         "webhook_bridge_stage_forwarded_total",
         "webhook_bridge_stage_quarantined_total",
@@ -280,10 +281,7 @@ def verifier_modes() -> frozenset[str]:
     """Every ``mode`` a built-in verifier can report ("" for schemes without modes)."""
     from gateway.verify import jpmorgan, justwallet
 
-    reserialized = "hmac-reserialized"  # reported as the serialiser that matched
-    assert reserialized in justwallet.MODES, "justwallet.MODES changed: update verifier_modes()"
-    wallet = {m for m in justwallet.MODES if m != reserialized}
-    wallet.update(name for name, _ in justwallet.SERIALISERS)
+    wallet = set(justwallet.MODE_NAMES)  # reported as configured
     methods = {  # the configured methods, in METHODS order, joined by "+"
         "+".join(chosen)
         for size in range(1, len(jpmorgan.METHODS) + 1)
@@ -296,8 +294,9 @@ def label_domains(settings: Settings) -> dict[str, dict[str, frozenset[str]]]:
     """metric -> label -> every value the code gives that label under `settings`.
 
     Built from the code's own tables (gateway ANSWERS and OUTCOMES, verification REASONS,
-    DELIVERY_ERRORS, QUARANTINE_REASONS, DLQ_REASONS, the stage names, the verifiers' modes)
-    and the configured sources, providers and sinks, never from copied literals. Every
+    DELIVERY_ERRORS, the normalised FIELDS, QUARANTINE_REASONS, DLQ_REASONS, the stage
+    names, the verifiers' modes) and the configured sources, providers and sinks, never
+    from copied literals. Every
     metric of METRIC_CATALOGUE is a key, plus ``up`` (component from the scrape config).
     """
     from consumers import compactor, reorderer
@@ -305,6 +304,7 @@ def label_domains(settings: Settings) -> dict[str, dict[str, frozenset[str]]]:
     from consumers.metrics import QUARANTINE_REASONS
     from gateway.app import ANSWERS
     from gateway.metrics import DELIVERY_ERRORS, OUTCOMES, UNKNOWN_SOURCE
+    from gateway.normalize import FIELDS
     from gateway.verify.base import REASONS
 
     configured = frozenset(settings.sources)
@@ -339,6 +339,7 @@ def label_domains(settings: Settings) -> dict[str, dict[str, frozenset[str]]]:
         f"{g}_delivery_errors_total": {"source": source, "reason": frozenset(DELIVERY_ERRORS)},
         f"{g}_producer_rebuilds_total": {},
         f"{g}_body_size_bytes": by_source,
+        f"{g}_selector_fallbacks_total": {"source": source, "field": frozenset(FIELDS)},
         f"{s}_consumed_total": by_stage_provider,
         f"{s}_forwarded_total": by_stage_provider,
         f"{s}_quarantined_total": {"stage": stage, "reason": frozenset(QUARANTINE_REASONS)},

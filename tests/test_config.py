@@ -161,7 +161,7 @@ def test_librdkafka_keys_pass_through() -> None:
 
 
 def test_secret_files_and_rotation(tmp_path: Path) -> None:
-    (tmp_path / "old.secret").write_text("old-secret\n")
+    (tmp_path / "old.secret").write_text("old-secret-0123456789\n")
     text = MINIMAL.replace(
         'secrets = ["JIKO_WEBHOOK_SECRET"]',
         'secrets = ["JIKO_WEBHOOK_SECRET"]\nsecret_files = ["old.secret"]',
@@ -273,3 +273,129 @@ keys = [{ id = "k1", pem_file = "keys/k1.pem" }]
     with pytest.raises(ConfigError) as info:
         config.load(path, env=DEMO_ENV)
     assert "pem_file" in info.value.key
+
+
+# --------------------------------------------------------------------------- provider rules
+
+
+def jpmorgan_source(extra: str = "") -> str:
+    return f"""
+[sources.jpm]
+scheme = "jpmorgan"
+{extra}
+[sources.jpm.verify]
+methods = ["static-headers"]
+static_headers = {{ "X-Custom-Key" = "JPMORGAN_WEBHOOK_SECRET" }}
+"""
+
+
+@pytest.mark.parametrize(
+    ("toml_text", "env", "key", "problem"),
+    [
+        (
+            MINIMAL,
+            {"JIKO_WEBHOOK_SECRET": "five5"},
+            "sources.jiko.secrets",
+            "JIKO_WEBHOOK_SECRET is shorter than 16 characters",
+        ),
+        (
+            MINIMAL,
+            {"JIKO_WEBHOOK_SECRET": "x" * 15},
+            "sources.jiko.secrets",
+            "JIKO_WEBHOOK_SECRET is shorter than 16 characters",
+        ),
+        (
+            MINIMAL + jpmorgan_source("deadline_s = 3.0"),
+            DEMO_ENV,
+            "sources.jpm.deadline_s",
+            "must be below 3.0 (is 3.0): jpmorgan counts an answer after 3 s as a failure",
+        ),
+        (
+            MINIMAL + jpmorgan_source("deadline_s = 5"),
+            DEMO_ENV,
+            "sources.jpm.deadline_s",
+            "must be below 3.0 (is 5.0)",
+        ),
+        (
+            MINIMAL + "\n[gateway]\ndeadline_s = 3.5\n" + jpmorgan_source(),
+            DEMO_ENV,
+            "sources.jpm.deadline_s",
+            "(is 3.5, from gateway.deadline_s)",
+        ),
+        (
+            MINIMAL + jpmorgan_source(),
+            {**DEMO_ENV, "BRIDGE_SOURCES_JPM_DEADLINE_S": "4"},
+            "sources.jpm.deadline_s",
+            "must be below 3.0 (is 4.0)",
+        ),
+        (
+            MINIMAL + jpmorgan_source("dedup_horizon_s = 86400"),
+            DEMO_ENV,
+            "sources.jpm.dedup_horizon_s",
+            "must be at least 259200 (is 86400): jpmorgan resends a notification for up to 72 h",
+        ),
+        (
+            MINIMAL + "\n[compactor]\ndedup_horizon_s = 3600\n" + jpmorgan_source(),
+            DEMO_ENV,
+            "sources.jpm.dedup_horizon_s",
+            "(is 3600, from compactor.dedup_horizon_s)",
+        ),
+    ],
+)
+def test_config_refuses_what_the_provider_rules_out(
+    toml_text: str, env: dict[str, str], key: str, problem: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        settings_from_toml(toml_text, env=env)
+    assert info.value.key == key
+    assert problem in info.value.problem
+    assert "\n" not in str(info.value)
+    assert env.get("JIKO_WEBHOOK_SECRET", "") not in str(info.value)  # never the secret
+
+
+def test_provider_limits_accept_what_the_provider_allows() -> None:
+    text = MINIMAL + jpmorgan_source("deadline_s = 2.99\ndedup_horizon_s = 259200")
+    text += '\n[sources.jw]\nscheme = "justwallet"\nsecrets = ["JW_SECRET"]\n'
+    env = {**DEMO_ENV, "JIKO_WEBHOOK_SECRET": "x" * 16, "JW_SECRET": "five5"}
+    settings = settings_from_toml(text, env=env)
+    assert settings.sources["jpm"].deadline_s == 2.99
+    assert settings.sources["jpm"].dedup_horizon_s == 259200
+    assert settings.sources["jw"].key_ids == ("JW_SECRET",)  # Just Wallet: "any value"
+
+
+def test_jiko_secret_file_length_is_checked(tmp_path: Path) -> None:
+    (tmp_path / "jiko.key").write_text("short\n")
+    path = tmp_path / "c.toml"
+    path.write_text(
+        MINIMAL.replace('secrets = ["JIKO_WEBHOOK_SECRET"]', 'secret_files = ["jiko.key"]')
+    )
+    with pytest.raises(ConfigError) as info:
+        config.load(path, env={})
+    assert info.value.key == "sources.jiko.secret_files"
+    assert info.value.problem.startswith("jiko.key is shorter than 16 characters")
+
+
+def test_check_config_refuses_a_short_jiko_secret(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway.cli import main
+
+    monkeypatch.setenv("JIKO_WEBHOOK_SECRET", "five5")
+    path = tmp_path / "c.toml"
+    path.write_text(MINIMAL)
+    assert main(["check-config", "--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "config error: sources.jiko.secrets: JIKO_WEBHOOK_SECRET is shorter than 16 "
+        "characters, the least this provider allows"
+    )
+
+
+def test_docs_state_the_provider_rules() -> None:
+    docs = (REPO / "docs" / "providers.md").read_text(encoding="utf-8")
+    assert config.SECRET_MIN_CHARS == {"jiko": 16}
+    assert "at least 16 characters" in docs
+    assert config.ANSWER_WITHIN_S == {"jpmorgan": 3.0}
+    assert "the rule is `deadline_s < 3.0`" in docs
+    assert config.RESENDS_FOR_S == {"jpmorgan": 259200.0}
+    assert "`dedup_horizon_s` under 259200 (72 h)" in docs

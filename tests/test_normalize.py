@@ -72,12 +72,88 @@ def test_fintoc_uses_provider_id() -> None:
     assert env.occurred_at == RECEIVED and env.occurred_at_origin == "RECEIVED"
 
 
-def test_jpmorgan_event_id() -> None:
-    env = envelope_for(
-        "jpmorgan", {"eventId": 42, "eventType": "ACCOUNT_CREATED", "resourceId": "acc-1"}
-    )
-    assert env.event_id == "42" and env.event_type == "ACCOUNT_CREATED"
-    assert env.ordering_key == "acc-1"
+# Fintoc's documented account.refresh_intent.succeeded event ("Wait for the results using a
+# Webhook Endpoint"): data is the intent and has no id of its own; the account is in
+# refreshed_object_id.
+FINTOC_REFRESH_INTENT: dict[str, Any] = {
+    "id": "evt_00000000",
+    "type": "account.refresh_intent.succeeded",
+    "mode": "live",
+    "created_at": "2021-12-07T21:43:54.343Z",
+    "data": {
+        "object": "refresh_intent",
+        "refreshed_object": "account",
+        "refreshed_object_id": "acc_00000000",
+        "status": "succeeded",
+        "created_at": "2021-12-03T00:00:00.000Z",
+        "type": "only_last",
+        "new_movements": 5,
+    },
+    "object": "event",
+}
+
+
+@pytest.mark.parametrize(
+    ("data", "key"),
+    [
+        (FINTOC_REFRESH_INTENT["data"], "acc_00000000"),
+        ({**FINTOC_REFRESH_INTENT["data"], "id": "ri_1"}, "acc_00000000"),  # not the intent
+        ({"id": "link_9", "object": "link"}, "link_9"),  # other events: the object itself
+    ],
+)
+def test_fintoc_orders_refresh_intents_by_the_refreshed_object(data: Any, key: str) -> None:
+    env = envelope_for("fintoc", {**FINTOC_REFRESH_INTENT, "data": data})
+    assert env.ordering_key == key
+    assert (env.event_id, env.event_type) == ("evt_00000000", "account.refresh_intent.succeeded")
+    assert env.occurred_at_origin == "PAYLOAD"
+
+
+# From J.P. Morgan's "Notification payload samples" (Embedded Payments): the resource is a
+# JSON string, and some events repeat it parsed as resourceObject.
+JPM_CLIENT = {
+    "eventId": "903",
+    "eventType": "CLIENT_ONBOARDING",
+    "resourceType": "CLIENTS",
+    "resource": '{"id":"3000005555","status":"NEW","hasOutstandingInformation":false,'
+    '"customerIdentityStatus":"NEW"}',
+}
+JPM_ACCOUNT = {
+    "eventId": "5120",
+    "eventType": "ACCOUNT_CREATED",
+    "resourceType": "ACCOUNTS",
+    "resource": '{"id":"9c7798a8643a40068cb4d12d97ab68f5","clientId":"1000020694",'
+    '"type":"LIMITED_DDA","state":"OPEN","createdAt":"2024-06-17T14:04:22.963402108Z"}',
+    "resourceObject": {
+        "id": "9c7798a8643a40068cb4d12d97ab68f5",
+        "clientId": "1000020694",
+        "type": "LIMITED_DDA",
+        "state": "OPEN",
+        "createdAt": "2024-06-17T14:04:22.963402108Z",
+    },
+}
+
+
+@pytest.mark.parametrize(
+    ("document", "event_id", "event_type", "key"),
+    [
+        (JPM_CLIENT, "903", "CLIENT_ONBOARDING", "3000005555"),
+        (JPM_ACCOUNT, "5120", "ACCOUNT_CREATED", "9c7798a8643a40068cb4d12d97ab68f5"),
+        (
+            {k: v for k, v in JPM_ACCOUNT.items() if k != "resourceObject"},
+            "5120",
+            "ACCOUNT_CREATED",
+            "9c7798a8643a40068cb4d12d97ab68f5",
+        ),
+    ],
+)
+def test_jpmorgan_documented_payloads(
+    document: dict[str, Any], event_id: str, event_type: str, key: str
+) -> None:
+    env = envelope_for("jpmorgan", document)
+    assert (env.event_id, env.event_id_origin, env.event_type) == (event_id, "PAYLOAD", event_type)
+    assert env.ordering_key == key
+    # The resource's createdAt is not the event's time; none is documented.
+    assert (env.occurred_at, env.occurred_at_origin) == (RECEIVED, "RECEIVED")
 
 
 def test_same_event_resent_with_other_whitespace_and_key_order_has_same_id() -> None:
@@ -120,9 +196,9 @@ def test_headers_are_allow_listed() -> None:
     assert env.headers == {"content-type": "application/json", "user-agent": "ua"}
 
 
-def test_key_falls_back_to_provider() -> None:
+def test_key_falls_back_to_the_event_id_not_the_provider() -> None:
     env = envelope_for("fintoc", {"id": "e", "type": "t"})
-    assert env.ordering_key == "fintoc"
+    assert env.ordering_key == "e"
 
 
 @pytest.mark.parametrize(
@@ -155,3 +231,99 @@ def test_body_hash_of_non_json_is_raw_hash() -> None:
     import hashlib
 
     assert body_hash(None, b"abc") == "sha256:" + hashlib.sha256(b"abc").hexdigest()
+
+
+def fallbacks_for(source: str, document: Any, signed_timestamp: float | None = None) -> Any:
+    """(envelope, fields reported as fallbacks)."""
+    verified = VerifiedRequest(
+        InboundRequest({"content-type": "application/json"}, json.dumps(document).encode()),
+        scheme=SETTINGS.sources[source].scheme,
+        key_id="K",
+        signed_timestamp=signed_timestamp,
+    )
+    found: list[str] = []
+    env = normalize(
+        SETTINGS.sources[source],
+        verified,
+        received_at_us=RECEIVED,
+        request_id="r1",
+        on_fallback=found.append,
+    )
+    return env, found
+
+
+@pytest.mark.parametrize(
+    ("source", "document", "fields"),
+    [
+        (  # documented: quote_creation.failed has no data.id
+            "justwallet",
+            {"event.type": "quote_creation.failed", "data": {"created_at": "2024-02-09T12:08:43Z"}},
+            ["ordering_key"],
+        ),
+        ("justwallet", {"event.type": "payout", "data": {"id": "po_1"}}, ["occurred_at"]),
+        ("jpmorgan", {"eventId": "7", "eventType": "ACCOUNT_CLOSED"}, ["ordering_key"]),
+        ("jpmorgan", {"eventType": "ACCOUNT_CLOSED", "resource": "{}"}, ["id", "ordering_key"]),
+        (
+            "jpmorgan",
+            {"eventId": "7", "eventType": "X", "resource": '{"id": true}'},
+            ["ordering_key"],
+        ),
+        (
+            "fintoc",
+            {"id": "evt_1", "type": "link.created", "data": {}},
+            ["occurred_at", "ordering_key"],
+        ),
+        ("fintoc", {"id": "evt_1", "data": {"id": "l"}, "created_at": "2024-01-01"}, ["type"]),
+        ("jiko", {"event_type": "x", "payload": {"card_id": "c"}}, ["occurred_at"]),
+        ("jiko", {"event_type": "x", "payload": {"updated_at": "2024-01-01"}}, ["ordering_key"]),
+        ("jiko", {"event_type": "x", "payload": {"id": "p", "created_at": "2024-01-01"}}, []),
+    ],
+)
+def test_fallbacks_are_reported_by_field(source: str, document: Any, fields: list[str]) -> None:
+    """Only fields whose configured selector found nothing (Jiko has no id selector: its
+    body-hash id is the design, not a fallback)."""
+    env, found = fallbacks_for(source, document)
+    assert found == fields
+    if "ordering_key" in fields:  # its own lane, never one shared by the provider
+        assert env.ordering_key == env.event_id != SETTINGS.sources[source].provider
+
+
+def test_two_keyless_events_get_two_lanes() -> None:
+    a, _ = fallbacks_for("justwallet", {"event.type": "quote_creation.failed", "data": {"n": 1}})
+    b, _ = fallbacks_for("justwallet", {"event.type": "quote_creation.failed", "data": {"n": 2}})
+    assert a.ordering_key != b.ordering_key
+    assert {a.ordering_key, b.ordering_key} == {a.event_id, b.event_id}
+
+
+def test_signed_timestamp_is_no_fallback() -> None:
+    env, found = fallbacks_for("fintoc", {"id": "e", "type": "t", "data": {"id": "l"}}, 1.7e9)
+    assert (found, env.occurred_at_origin) == ([], "HEADER")
+
+
+def test_unparseable_body_falls_back_in_every_selected_field() -> None:
+    verified = VerifiedRequest(InboundRequest({}, b"{not json"), scheme="fintoc", key_id="K")
+    found: list[str] = []
+    normalize(
+        SETTINGS.sources["fintoc"],
+        verified,
+        received_at_us=RECEIVED,
+        request_id="r",
+        on_fallback=found.append,
+    )
+    assert found == ["id", "type", "occurred_at", "ordering_key"]
+
+
+def test_scheme_without_ordering_selector_keeps_the_provider_key() -> None:
+    settings = settings_from_toml(
+        gateway_toml("k:9092", "t", '[sources.open]\nscheme = "none"\nallow_unverified = true\n')
+    )
+    verified = VerifiedRequest(InboundRequest({}, b'{"id": "e1", "type": "t"}'), scheme="none")
+    found: list[str] = []
+    env = normalize(
+        settings.sources["open"],
+        verified,
+        received_at_us=RECEIVED,
+        request_id="r",
+        on_fallback=found.append,
+    )
+    assert (env.ordering_key, found) == ("open", [])

@@ -21,6 +21,9 @@ DOC: dict[str, Any] = {
     "event": {"type": "nested"},
     "empty": "",
     "n": 0,
+    "resource": '{"id": "r1", "items": [{"id": "ri0"}], "inner": "{\\"id\\": \\"deep\\"}"}',
+    "text": "not json",
+    "broken": '{"id": ',
 }
 
 
@@ -37,13 +40,30 @@ DOC: dict[str, Any] = {
         ("signed:timestamp", (1700000000.0, "header")),
         ("missing | empty | data.id", ("p1", "payload")),
         ("n", (0, "payload")),
+        ("resource", (DOC["resource"], "payload")),  # a path that ends at it: the string
+        ("resource.id", ("r1", "payload")),
+        ("resource.items[0].id", ("ri0", "payload")),
+        ("resource.inner.id", ("deep", "payload")),
+        ("missing.id | resource.id", ("r1", "payload")),
     ],
 )
 def test_selects(text: str, expected: tuple[Any, str]) -> None:
     assert parse_selector(text, "k").select(DOC, VERIFIED) == expected
 
 
-@pytest.mark.parametrize("text", ["missing", "data", "data.items[5].id", "empty", "data.id.x"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "missing",
+        "data",
+        "data.items[5].id",
+        "empty",
+        "data.id.x",
+        "text.id",
+        "broken.id",
+        "resource.nope",
+    ],
+)
 def test_absent_or_unusable_is_none(text: str) -> None:
     assert parse_selector(text, "k").select(DOC, VERIFIED) is None
 
