@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= deploy/demo.toml
 
-.PHONY: run test lint typecheck pytest bench compose clean install kafka-jars
+.PHONY: run test lint typecheck pytest bench compose clean install kafka-jars registry-jars registry-jars-optional
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,7 +31,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP) tools kafka-jars
+pytest: $(STAMP) tools kafka-jars registry-jars-optional
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest
@@ -51,3 +51,31 @@ clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .state .cache
 
 include deploy/tools.mk
+
+# A Confluent-compatible Schema Registry for tests and local runs (docs/schema-registry.md):
+# Apicurio Registry's built application, fetched from Maven Central by deploy/registry/pom.xml
+# and unpacked into .cache/registry (gitignored). Offline once fetched (~/.m2 keeps it).
+# Maven needs Java 17+; the registry itself runs on Java 21+ (gateway/schema_registry.py
+# finds one: BRIDGE_SCHEMA_REGISTRY_JAVA, JAVA_HOME, java on PATH, /usr/lib/jvm/*).
+REGISTRY_POM     := deploy/registry/pom.xml
+REGISTRY_VERSION := $(shell sed -n 's:.*<apicurio.version>\(.*\)</apicurio.version>.*:\1:p' $(REGISTRY_POM))
+REGISTRY_HOME    := .cache/registry/apicurio-registry-$(REGISTRY_VERSION)
+REGISTRY_MVN     := mvn -B -q -C -Dstyle.color=never -f $(REGISTRY_POM) package
+# Like deploy/tools.mk: once built, tests/test_schema_registry.py fails instead of skipping.
+WB_TEST_REQUIRE_SCHEMA_REGISTRY ?= $(shell test -f $(REGISTRY_HOME)/quarkus-run.jar && echo 1)
+export WB_TEST_REQUIRE_SCHEMA_REGISTRY
+
+registry-jars:
+	@command -v java >/dev/null 2>&1 || { echo "registry-jars: no java on PATH: Maven needs a JDK 17+ (Debian: openjdk-17-jdk-headless), the registry itself Java 21+"; exit 1; }
+	@v=$$(java -XshowSettings:properties -version 2>&1 | sed -n 's/^ *java.specification.version = //p'); \
+	  case "$$v" in 1.*|9|1[0-6]|"") echo "registry-jars: Java 17+ is needed for Maven, found '$$v' ($$(command -v java))"; exit 1;; esac
+	@command -v mvn >/dev/null 2>&1 || { echo "registry-jars: Maven (mvn) is needed to fetch Apicurio Registry $(REGISTRY_VERSION) (Debian package maven)"; exit 1; }
+	@test -f $(REGISTRY_HOME)/quarkus-run.jar || $(REGISTRY_MVN) -o >/dev/null 2>&1 || $(REGISTRY_MVN) \
+	  || { echo "registry-jars: mvn could not fetch io.apicurio:apicurio-registry-app:$(REGISTRY_VERSION):tar.gz:all (see its output above)"; exit 1; }
+	@test -f $(REGISTRY_HOME)/quarkus-run.jar || { echo "registry-jars: $(REGISTRY_HOME)/quarkus-run.jar missing after the build"; exit 1; }
+	@echo "registry-jars: Apicurio Registry $(REGISTRY_VERSION) -> $(REGISTRY_HOME) (runs on Java 21+)"
+
+# For `make test`: fetch the registry when this machine can; say why not otherwise (the
+# registry tests then skip with that reason; once it is built they must run).
+registry-jars-optional:
+	@$(MAKE) --no-print-directory registry-jars || echo "registry-jars: not available here; the registry tests will say why"

@@ -294,6 +294,12 @@ class WebhookEndpoint:
         return self._answer("unavailable", [(b"retry-after", RETRY_AFTER_S.encode())])
 
 
+def registry_topics(settings: Settings) -> list[str]:
+    """The topics the gateway writes, each with its subject ``<topic>-value`` in registry mode."""
+    topic_names = names(settings)
+    return [*(topic_names.raw(p) for p in settings.providers), topic_names.quarantine]
+
+
 def create_app(
     settings: Settings,
     *,
@@ -308,16 +314,14 @@ def create_app(
     endpoint = WebhookEndpoint(settings, publisher, serializer, metrics)
     metrics.queue.set_function(publisher.queue_depth)
     publisher.on_rebuild.append(metrics.rebuilds.inc)
-    topic_names = names(settings)
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()
         publisher.start(loop)
         if serializer.uses_registry:  # register schemas now, not on the request path
-            for provider in settings.providers:
-                await loop.run_in_executor(None, serializer.prepare, topic_names.raw(provider))
-            await loop.run_in_executor(None, serializer.prepare, topic_names.quarantine)
+            for topic in registry_topics(settings):  # no-op if server.run did already
+                await loop.run_in_executor(None, serializer.prepare, topic)
         await loop.run_in_executor(None, publisher.check_broker, 2.0)
         logs.info(
             "gateway ready",

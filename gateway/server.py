@@ -26,13 +26,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from gateway.app import create_app
+    from gateway.app import create_app, registry_topics
+    from schemas.serde import EnvelopeSerializer
 
     settings = config_module.load(args.config)
     logs.setup(settings.bridge.log_level, settings.bridge.log_format, process="gateway")
     host = args.host or settings.gateway.host
     port = args.port if args.port is not None else settings.gateway.port
-    app = create_app(settings)
+    serializer = EnvelopeSerializer(settings.bridge.schema_registry_url)
+    # Registry mode: register before listening, so a registry that refuses the
+    # envelope (or cannot be reached) stops the gateway with one line (SerdeError,
+    # printed by gateway.cli), never as 5xx answers to providers later.
+    for topic in registry_topics(settings) if serializer.uses_registry else ():
+        serializer.prepare(topic)
+    app = create_app(settings, serializer=serializer)
     server = uvicorn.Server(
         uvicorn.Config(
             app,

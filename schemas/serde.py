@@ -14,9 +14,12 @@ newer envelope version) is resolved against the reader schema by Avro's rules.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import io
 import json
 import struct
+import warnings
 from collections.abc import Mapping
 from functools import cache
 from importlib import resources
@@ -52,7 +55,13 @@ def schema_fingerprint(schema_text: str) -> bytes:
 
 
 def _registry(url: str) -> Any:
-    from confluent_kafka.schema_registry import SchemaRegistryClient
+    # The client imports authlib, whose import warns that httpx is deprecated (on every
+    # gateway start) after adding an "always" filter of its own: silence that one only.
+    with warnings.catch_warnings():
+        with contextlib.suppress(ImportError):
+            importlib.import_module("authlib.deprecate")
+        warnings.filterwarnings("ignore", message=".*httpx2")
+        from confluent_kafka.schema_registry import SchemaRegistryClient
 
     return SchemaRegistryClient.new_client({"url": url})
 
@@ -75,13 +84,31 @@ class EnvelopeSerializer:
         if self._registry is None or topic in self._ids:
             return
         from confluent_kafka.schema_registry import Schema
+        from confluent_kafka.schema_registry.error import SchemaRegistryError
 
+        subject = f"{topic}-value"
         try:
             schema_id = self._registry.register_schema(
-                f"{topic}-value", Schema(envelope_schema_text(), "AVRO")
+                subject, Schema(envelope_schema_text(), "AVRO")
             )
+        except SchemaRegistryError as exc:  # the registry answered, and said no
+            said = " ".join(str(exc.error_message).split())  # one line, whatever it sent
+            hint = (
+                ": this envelope is not compatible with the versions the subject has, "
+                "at its compatibility level (see docs/schema-registry.md)"
+                if exc.http_status_code == 409
+                else ""
+            )
+            raise SerdeError(
+                f"schema registry refused the envelope schema for subject {subject} "
+                f"(HTTP {exc.http_status_code}, code {exc.error_code}): {said}{hint}"
+            ) from exc
         except Exception as exc:
-            raise SerdeError(f"cannot register envelope schema for {topic}: {exc}") from exc
+            said = " ".join(str(exc).split())
+            raise SerdeError(
+                f"cannot register the envelope schema for subject {subject}: "
+                f"{type(exc).__name__}: {said}"
+            ) from exc
         self._ids[topic] = struct.pack(">bI", CONFLUENT_MAGIC, schema_id)
 
     def __call__(self, envelope: Envelope, topic: str = "") -> bytes:
