@@ -257,6 +257,10 @@ class StageProcess:
         url = f"http://127.0.0.1:{port}/metrics"
         return urllib.request.urlopen(url, timeout=5).read().decode()  # type: ignore[no-any-return]
 
+    def log_text(self) -> str:
+        assert self.log_path is not None
+        return self.log_path.read_text(errors="replace")
+
     def wait_ready(self, timeout_s: float = 60.0) -> None:
         """Until the stage's /readyz says it holds partitions (its first join is done)."""
         assert self.log_path is not None
