@@ -36,6 +36,7 @@ def write_config(
     commit_interval_ms: int = 100,
     max_batch: int = 5000,
     extra: str = "",
+    topic_config: dict[str, str] | None = None,
 ) -> Path:
     """A config whose sources (named like their providers) accept unverified input."""
     state = str(tmp_path / "state") if state_dir is None else state_dir
@@ -49,6 +50,7 @@ def write_config(
         "",
         "[topics]",
         f"partitions = {partitions}",
+        "config = { " + ", ".join(f'"{k}" = "{v}"' for k, v in (topic_config or {}).items()) + " }",
         "",
         "[compactor]",
         f"dedup_horizon_s = {horizon_s}",
