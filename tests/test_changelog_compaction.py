@@ -58,8 +58,13 @@ def count_records(bootstrap: str, topic: str) -> int:
                 if msg.error() is not None:
                     continue
                 count += 1
-                if msg.offset() + 1 >= ends[msg.partition()][1]:
-                    pending.discard(msg.partition())
+                partition, offset = msg.partition(), msg.offset()
+                if (
+                    partition is not None
+                    and offset is not None
+                    and offset + 1 >= ends[partition][1]
+                ):
+                    pending.discard(partition)
             # a partition may end in transaction markers, which are never returned
             for p in list(pending):
                 position = consumer.position([TopicPartition(topic, p)])[0].offset
