@@ -30,10 +30,20 @@ import time
 import uuid
 from pathlib import Path
 
-from gateway.broker import EmbeddedBroker, free_port
+from gateway.broker import free_port
 from gateway.config import load
 from gateway.topics import ensure_topics, implied_topics, names
-from tests.bench.common import REPO, machine, pinned, python, stop, table, wait_http
+from tests.bench.common import (
+    REPO,
+    BenchBroker,
+    add_broker_argument,
+    machine,
+    pinned,
+    python,
+    stop,
+    table,
+    wait_http,
+)
 from tests.support import read_topic
 
 SERVER_CORE, LOAD_CORE = 0, 1
@@ -129,16 +139,16 @@ def main() -> int:
     parser.add_argument("--duration", type=int, default=15)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--bodies", type=int, default=250_000)
+    add_broker_argument(parser)
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (make bench installs it: apt-get install wrk)")
     secret = secrets.token_urlsafe(24)
     os.environ["JIKO_WEBHOOK_SECRET"] = secret
     work = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
-    broker = EmbeddedBroker()
+    broker = BenchBroker(args.broker)
     broker.start()
-    assert broker.pid is not None
-    os.sched_setaffinity(broker.pid, {LOAD_CORE})
+    broker.pin({LOAD_CORE})
     gateway_port, ceiling_port = free_port(), free_port()
     prefix = f"bench{int(time.time())}"
     config = work / "bench.toml"
@@ -227,7 +237,7 @@ secrets = ["JIKO_WEBHOOK_SECRET"]
         table(
             f"Gateway ({machine()}; {args.connections} connections, {args.duration}s, "
             f"~{body_size} B signed Jiko bodies; server on core {SERVER_CORE}, wrk and "
-            f"broker on core {LOAD_CORE})",
+            f"{broker.name} on core {LOAD_CORE})",
             ["target", "req/s", "p50 ms", "p99 ms", "non-2xx", "socket errors"],
             rows,
         )
