@@ -33,6 +33,7 @@ import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from gateway.errors import BridgeError
+from schemas.avro_writer import encode_envelope
 from schemas.envelope import Envelope
 
 SO_MAGIC = b"\xc3\x01"
@@ -82,7 +83,6 @@ class EnvelopeSerializer:
     """`serializer(envelope, topic) -> bytes`; topic only matters in registry mode."""
 
     def __init__(self, registry_url: str = "", registry: Any = None) -> None:
-        self._schema = envelope_schema()
         self._registry = registry or (_registry(registry_url) if registry_url else None)
         self._ids: dict[str, bytes] = {}
         self._so_prefix = SO_MAGIC + schema_fingerprint(envelope_schema_text())
@@ -130,10 +130,10 @@ class EnvelopeSerializer:
             prefix = self._ids[topic]
         else:
             prefix = self._so_prefix
-        out = io.BytesIO()
-        out.write(prefix)
-        fastavro.schemaless_writer(out, self._schema, envelope.to_record())
-        return out.getvalue()
+        try:
+            return prefix + encode_envelope(envelope)
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise SerdeError(f"cannot encode envelope: {exc}") from exc
 
 
 class EnvelopeDeserializer:
