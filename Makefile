@@ -47,8 +47,8 @@ bench: $(STAMP)
 
 compose:
 	@command -v docker >/dev/null 2>&1 || { echo "compose: needs Docker with the compose plugin"; exit 1; }
-	@test -f deploy/compose/secrets.env || { python3 deploy/compose/make_secrets.py > deploy/compose/secrets.env \
-	  && echo "compose: wrote deploy/compose/secrets.env with random secrets"; }
+	@for kind in provider sink; do f=deploy/compose/$$kind-secrets.env; test -f $$f || { \
+	  python3 deploy/compose/make_secrets.py $$kind > $$f && echo "compose: wrote $$f with random secrets"; }; done
 	docker compose -f deploy/compose/compose.yaml up --build -d
 
 clean:

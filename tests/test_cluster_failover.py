@@ -27,6 +27,7 @@ import pytest
 from gateway import apache_kafka
 from gateway.apache_kafka import ApacheKafka
 from gateway.app import create_app
+from gateway.sources import verify_context
 from gateway.topics import ensure_topics, implied_topics, names
 from gateway.verify import sign_request
 from tests.conftest import TEST_BROKER_CONFIG
@@ -110,7 +111,9 @@ def test_losing_the_leader_then_min_isr_keeps_every_acknowledged_event_once(
         def sign(body: bytes) -> dict[str, str]:
             return {
                 "content-type": "application/json",
-                **sign_request(source.scheme, source.verify_context, body, time.time()),
+                **sign_request(
+                    source.scheme, verify_context(settings, source.name), body, time.time()
+                ),
             }
 
         with serve(create_app(settings)) as url:

@@ -21,6 +21,7 @@ from consumers.sinks import Event, SinkContext, build_sink
 from gateway import config
 from gateway.cli import build_parser
 from gateway.errors import VerificationError
+from gateway.sources import build_verifiers
 from gateway.verify.base import InboundRequest
 from tests.receiver_support import envelope
 from tests.support import DEMO_ENV, settings_from_toml
@@ -72,7 +73,7 @@ def test_the_custom_verifier_example_verifies_and_refuses(
         '[sources.acme]\nscheme = "readme_acme:build"\nsecrets = ["JIKO_WEBHOOK_SECRET"]\n',
         DEMO_ENV,
     )
-    verifier = settings.sources["acme"].verifier
+    verifier = build_verifiers(settings)["acme"]
     token = DEMO_ENV["JIKO_WEBHOOK_SECRET"]
     ok = verifier.verify(InboundRequest({"x-acme-token": token}, b"{}"), 0.0)
     assert ok.key_id == "JIKO_WEBHOOK_SECRET"
