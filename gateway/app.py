@@ -35,7 +35,7 @@ from gateway.publisher import Publisher, PublishError
 from gateway.sources import build_verifiers
 from gateway.topics import TopicNames, names
 from gateway.verify.base import REASONS, InboundRequest
-from schemas.envelope import ce_headers
+from schemas.records import ce_headers, quarantine_headers
 from schemas.serde import EnvelopeSerializer
 
 READY_WITHIN_S = 15.0
@@ -223,10 +223,7 @@ class WebhookEndpoint:
         topic = self.topics.quarantine if quarantined else self.topics.raw(source.provider)
         kafka_headers = ce_headers(envelope)
         if quarantined:
-            kafka_headers += [
-                ("x-quarantine-reason", str(envelope.quarantine_reason).encode()),
-                ("x-quarantine-stage", b"gateway"),
-            ]
+            kafka_headers += quarantine_headers(str(envelope.quarantine_reason), "gateway")
         value = self.serializer(envelope, topic)
         publish_started = time.perf_counter()
         try:

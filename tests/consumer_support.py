@@ -16,7 +16,8 @@ from typing import Any
 from gateway import config as config_module
 from gateway.config import Settings
 from gateway.topics import ensure_topics, implied_topics
-from schemas.envelope import Envelope, Verification, ce_headers
+from schemas.envelope import Envelope, Verification
+from schemas.records import ce_headers
 from schemas.serde import EnvelopeSerializer
 
 REPO = Path(__file__).resolve().parent.parent

@@ -16,7 +16,7 @@ from gateway.samples import sample_body
 from gateway.sources import verify_context
 from gateway.topics import ensure_topics, implied_topics, names
 from gateway.verify import sign_request
-from schemas.envelope import header_value
+from schemas.records import header_value
 from schemas.serde import EnvelopeDeserializer
 from tests.conftest import KafkaCluster
 from tests.support import gateway_toml, read_topic, serve, settings_from_toml

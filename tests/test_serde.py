@@ -9,7 +9,8 @@ from pathlib import Path
 import fastavro
 import pytest
 
-from schemas.envelope import Envelope, Verification, ce_headers, header_value, micros_to_iso
+from schemas.envelope import Envelope, Verification, micros_to_iso
+from schemas.records import ce_headers, header_value
 from schemas.serde import (
     SO_MAGIC,
     EnvelopeDeserializer,

@@ -17,7 +17,8 @@ from typing import Any, ClassVar
 from gateway.config import Settings, SinkSettings
 from gateway.errors import BridgeError
 from gateway.verify.common import Options
-from schemas.envelope import Envelope, KafkaHeaders
+from schemas.envelope import Envelope
+from schemas.records import KafkaHeaders
 
 # Options every sink accepts; the runner reads them, the sink class never sees them.
 COMMON_OPTIONS: tuple[str, ...] = (

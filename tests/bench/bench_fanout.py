@@ -132,7 +132,7 @@ def envelopes(n: int, start: int, paced: bool) -> Any:
 def produce(bootstrap: str, topic: str, n: int, start: int, rate: float = 0.0) -> None:
     from confluent_kafka import Producer
 
-    from schemas.envelope import ce_headers
+    from schemas.records import ce_headers
     from schemas.serde import EnvelopeSerializer
 
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1 if rate else 20})
