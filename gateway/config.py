@@ -157,7 +157,11 @@ class Settings:
         return tuple(sorted({s.provider for s in self.sources.values()}))
 
     def producer_config(self, **overrides: Any) -> dict[str, Any]:
-        return {**self.kafka, **self.kafka_producer, **overrides}
+        """Every producer's settings; ``message.max.bytes`` fits the largest envelope."""
+        from gateway.sizes import producer_message_max_bytes
+
+        fitted = {"message.max.bytes": str(producer_message_max_bytes(self))}
+        return {**fitted, **self.kafka, **self.kafka_producer, **overrides}
 
     def consumer_config(self, **overrides: Any) -> dict[str, Any]:
         return {**self.kafka, **self.kafka_consumer, **overrides}
@@ -339,6 +343,55 @@ def _check_values(s: Settings) -> None:
         raise ConfigError("kafka.producer.acks", "must be all (or -1): a 2xx promises acks=all")
     if str(producer.get("enable.idempotence", "true")).lower() in ("false", "0"):
         raise ConfigError("kafka.producer.enable.idempotence", "must stay true")
+    _check_record_size(s, producer)
+
+
+def _check_record_size(s: Settings, producer: Mapping[str, Any]) -> None:
+    """The largest envelope fits what the producers send and what the topics take."""
+    from gateway.sizes import LIBRDKAFKA_MAX, record_limits
+
+    need = record_limits(s)
+    origin = (
+        f"sources.{need.source}.body_limit = {need.body_limit}"
+        if need.source in s.sources
+        else f"gateway.body_limit = {need.body_limit}"
+    )
+    if need.batch > LIBRDKAFKA_MAX:
+        raise ConfigError(
+            f"sources.{need.source}.body_limit"
+            if need.source in s.sources
+            else "gateway.body_limit",
+            f"too large: its envelope ({need.batch} bytes) exceeds Kafka clients' "
+            f"largest message.max.bytes ({LIBRDKAFKA_MAX})",
+        )
+    mmb_key = (
+        "kafka.producer.message.max.bytes"
+        if "message.max.bytes" in s.kafka_producer
+        else "kafka.message.max.bytes"
+    )
+    mmb = _int_setting(producer.get("message.max.bytes"), mmb_key)
+    if mmb < need.batch:
+        raise ConfigError(
+            mmb_key,
+            f"must be at least {need.batch} (is {mmb}): the largest envelope, {origin} plus "
+            f"{need.overhead} bytes of envelope and record overhead, would not fit; "
+            "lower the body_limit or raise this",
+        )
+    topic_max = s.topics.config.get("max.message.bytes")
+    if topic_max is not None and _int_setting(topic_max, "topics.config.max.message.bytes") < mmb:
+        raise ConfigError(
+            "topics.config.max.message.bytes",
+            f"must be at least the producers' message.max.bytes, {mmb} (is {topic_max}): "
+            f"a batch the producer builds would be refused (the largest envelope, {origin}, "
+            f"needs {need.batch})",
+        )
+
+
+def _int_setting(value: Any, key: str) -> int:
+    try:
+        return int(str(value))
+    except ValueError:
+        raise ConfigError(key, "must be an integer number of bytes") from None
 
 
 def _kafka(

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from confluent_kafka.admin import AdminClient
 
 CLEANUP_POLICY = "cleanup.policy"
+MAX_MESSAGE_BYTES = "max.message.bytes"
 COMPACTED = {CLEANUP_POLICY: "compact"}
 
 
@@ -82,18 +83,23 @@ def implied_topics(settings: Settings) -> list[TopicSpec]:
     t = names(settings)
     parts, rf = settings.topics.partitions, settings.topics.replication_factor
     base = dict(settings.topics.config)
+    # Topics holding envelopes take every batch the producers build (gateway.sizes).
+    fits = {MAX_MESSAGE_BYTES: str(settings.producer_config()["message.max.bytes"]), **base}
     specs: list[TopicSpec] = []
     for provider in settings.providers:
         for name in (t.raw(provider), t.unique(provider), t.ordered(provider)):
-            specs.append(TopicSpec(name, parts, rf, dict(base)))
-        for name, source in (
-            (t.dedup_state(provider), t.raw(provider)),
-            (t.reorder_state(provider), t.unique(provider)),
-        ):
-            specs.append(TopicSpec(name, parts, rf, {**base, **COMPACTED}, source))
-    specs.append(TopicSpec(t.quarantine, parts, rf, dict(base)))
+            specs.append(TopicSpec(name, parts, rf, dict(fits)))
+        specs.append(
+            TopicSpec(t.dedup_state(provider), parts, rf, {**base, **COMPACTED}, t.raw(provider))
+        )
+        specs.append(
+            TopicSpec(
+                t.reorder_state(provider), parts, rf, {**fits, **COMPACTED}, t.unique(provider)
+            )
+        )
+    specs.append(TopicSpec(t.quarantine, parts, rf, dict(fits)))
     for sink in sorted(settings.sinks):
-        specs.append(TopicSpec(t.dlq(sink), parts, rf, dict(base)))
+        specs.append(TopicSpec(t.dlq(sink), parts, rf, dict(fits)))
     return specs
 
 

@@ -399,3 +399,52 @@ def test_docs_state_the_provider_rules() -> None:
     assert "the rule is `deadline_s < 3.0`" in docs
     assert config.RESENDS_FOR_S == {"jpmorgan": 259200.0}
     assert "`dedup_horizon_s` under 259200 (72 h)" in docs
+
+
+# --------------------------------------------------------------------------- record size
+
+
+def test_producers_and_envelope_topics_fit_the_largest_envelope() -> None:
+    from gateway.sizes import record_limits
+    from gateway.topics import implied_topics
+
+    settings = settings_from_toml(MINIMAL)  # body_limit 1 MiB: more than librdkafka's 1 MB
+    need = record_limits(settings)
+    assert need.body_limit == 1_048_576 and need.batch > 1_048_576
+    assert int(settings.producer_config()["message.max.bytes"]) == need.batch
+    by_name = {spec.name: spec.config for spec in implied_topics(settings)}
+    for name in (
+        "webhooks.jiko",
+        "webhooks.jiko.unique",
+        "webhooks.jiko.ordered",
+        "webhooks.jiko.reorder-state",
+        "webhooks.quarantine",
+    ):
+        assert by_name[name]["max.message.bytes"] == str(need.batch), name
+    assert "max.message.bytes" not in by_name["webhooks.jiko.dedup-state"]  # ids only
+
+
+@pytest.mark.parametrize(
+    ("extra", "key"),
+    [
+        ('[kafka.producer]\n"message.max.bytes" = 1000000\n', "kafka.producer.message.max.bytes"),
+        ('"message.max.bytes" = 1000000\n', "kafka.message.max.bytes"),
+        ('[topics.config]\n"max.message.bytes" = "1048588"\n', "topics.config.max.message.bytes"),
+    ],
+)
+def test_a_body_limit_whose_envelope_would_not_fit_is_refused(extra: str, key: str) -> None:
+    text = MINIMAL.replace("[sources.jiko]", extra + "[sources.jiko]")
+    if extra.startswith('"message'):  # a [kafka] key: it goes under [kafka]
+        text = MINIMAL.replace('"bootstrap.servers"', extra + '"bootstrap.servers"')
+    with pytest.raises(ConfigError) as caught:
+        settings_from_toml(text)
+    assert caught.value.key == key
+    assert "sources.jiko.body_limit = 1048576" in str(caught.value)
+    # the same settings take a body limit whose envelope fits
+    settings_from_toml(text.replace('scheme = "jiko"', 'scheme = "jiko"\nbody_limit = 900000'))
+
+
+def test_a_body_limit_beyond_any_kafka_client_is_refused() -> None:
+    with pytest.raises(ConfigError, match="too large") as caught:
+        settings_from_toml(MINIMAL + "body_limit = 2000000000\n")
+    assert caught.value.key == "sources.jiko.body_limit"
