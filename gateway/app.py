@@ -55,6 +55,8 @@ ANSWERS: dict[str, Answer] = {
     "method_not_allowed": Answer(405, "method_not_allowed", {"error": "use POST"}),
     "unauthorized": Answer(401, "unauthorized", {"error": "verification failed"}),
     "too_large": Answer(413, "too_large", {"error": "body too large"}),
+    # the broker or the producer refused the record's size: a retry cannot fix it
+    "too_large_for_kafka": Answer(413, "too_large", {"error": "too large for Kafka"}),
     "too_slow": Answer(408, "too_slow", {"error": "body not received in time"}),
     "unavailable": Answer(503, "unavailable", {"error": "not acknowledged by Kafka, retry"}),
     "internal_error": Answer(500, "internal_error", {"error": "internal error, retry"}),
@@ -240,6 +242,8 @@ class WebhookEndpoint:
                 request_id=request_id,
                 reason=exc.reason,
             )
+            if exc.reason == "too_large":
+                return self._answer("too_large_for_kafka")
             return self._unavailable()
         per_source.publish.observe(time.perf_counter() - publish_started)
         logs.debug(  # one line per published request at log_level = "debug"

@@ -145,6 +145,34 @@ def test_too_large_by_declared_length_is_413(gateway: Gateway) -> None:
     assert response.status_code == 413
 
 
+def padded_body(scheme: str, size: int, marker: str) -> bytes:
+    """A sample webhook padded to exactly `size` bytes (still valid JSON)."""
+    document = json.loads(sample_body(scheme, event_id=marker, now=time.time()))
+    document["padding"] = ""
+    short = len(json.dumps(document, separators=(",", ":")).encode())
+    document["padding"] = "p" * (size - short)
+    body = json.dumps(document, separators=(",", ":")).encode()
+    assert len(body) == size
+    return body
+
+
+def test_a_body_of_exactly_body_limit_is_stored_and_one_more_byte_is_413(gateway: Gateway) -> None:
+    limit = gateway.settings.sources["jiko"].body_limit
+    marker = f"at-limit-{time.time_ns()}"
+    body = padded_body("jiko", limit, marker)
+    stored = gateway.post("jiko", body, gateway.signed("jiko", body))
+    assert stored.status_code == 202 and stored.json()["status"] == "accepted"
+    over = padded_body("jiko", limit + 1, marker + "-over")
+    refused = gateway.post("jiko", over, gateway.signed("jiko", over))
+    assert refused.status_code == 413 and refused.json()["error"] == "body too large"
+    found = [
+        EnvelopeDeserializer()(m.value())
+        for m in read_topic(gateway.bootstrap, gateway.topic("jiko"), idle_s=2)
+        if marker.encode() in m.value()
+    ]
+    assert [e.body for e in found] == [body]  # the one at the limit, never the one over
+
+
 def test_too_large_streamed_body_is_413_without_reading_it_all(gateway: Gateway) -> None:
     sent = 0
 
