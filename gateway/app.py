@@ -354,17 +354,17 @@ def create_app(
     async def metrics_endpoint(_request: Request) -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
+    methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
     routes = [
-        Route(
-            "/webhooks/{source}",
-            endpoint=endpoint,
-            methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
-        ),
+        Route("/webhooks/{source}", endpoint=endpoint, methods=methods),
+        # A provider's POST does not follow a redirect: a trailing slash is the same endpoint.
+        Route("/webhooks/{source}/", endpoint=endpoint, methods=methods),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
+    app.router.redirect_slashes = False  # anything else unknown is a 404, never a 307
     app.state.publisher = publisher
     app.state.metrics = metrics
     app.state.registry = registry

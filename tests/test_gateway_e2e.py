@@ -133,6 +133,24 @@ def test_unknown_source_is_404_without_a_new_label(gateway: Gateway) -> None:
     assert 'webhook_bridge_gateway_requests_total{outcome="not_found",source="_unknown"}' in metrics
 
 
+def test_a_trailing_slash_is_answered_as_without_it_never_redirected(gateway: Gateway) -> None:
+    body = sample_body("fintoc", event_id=f"evt_slash_{time.time_ns()}", now=time.time())
+    response = httpx.post(
+        f"{gateway.url}/webhooks/fintoc/",
+        content=body,
+        headers=gateway.signed("fintoc", body),
+        follow_redirects=False,
+    )
+    assert response.status_code == 200 and response.json()["status"] == "accepted"
+    unsigned = httpx.post(f"{gateway.url}/webhooks/jiko/", content=b"{}", follow_redirects=False)
+    assert unsigned.status_code == 401
+    unknown = httpx.post(f"{gateway.url}/webhooks/nope/", content=b"{}", follow_redirects=False)
+    assert unknown.status_code == 404
+    for path in ("/healthz/", "/metrics/", "/webhooks/jiko//", "/webhooks/"):
+        answer = httpx.get(f"{gateway.url}{path}", follow_redirects=False)
+        assert answer.status_code == 404, path
+
+
 def test_wrong_method_is_405(gateway: Gateway) -> None:
     response = httpx.get(f"{gateway.url}/webhooks/jiko")
     assert response.status_code == 405
