@@ -448,3 +448,91 @@ def test_a_body_limit_beyond_any_kafka_client_is_refused() -> None:
     with pytest.raises(ConfigError, match="too large") as caught:
         settings_from_toml(MINIMAL + "body_limit = 2000000000\n")
     assert caught.value.key == "sources.jiko.body_limit"
+
+
+# --------------------------------------------------------------------------- check-config
+
+SINK = """[sinks.ledger]
+type = "http"
+url = "http://receiver.internal:8100/events"
+secret = "DEMO_RECEIVER_SECRET"
+"""
+
+
+@pytest.mark.parametrize(
+    ("change", "key", "problem"),
+    [
+        (("receiver.internal:8100", "receiver.internal:99999"), "sinks.ledger.url", "port must"),
+        (("receiver.internal:8100", "receiver.internal:0"), "sinks.ledger.url", "port must"),
+        (("receiver.internal:8100", "receiver internal:8100"), "sinks.ledger.url", "host name"),
+        (("http://receiver", "ftp://receiver"), "sinks.ledger.url", "http:// or https://"),
+        (("http://receiver.internal:8100/events", "/events"), "sinks.ledger.url", "absolute"),
+        (("[sinks.ledger]", "[sinks.ledger]\ntimeout_s = -1"), "sinks.ledger.timeout_s", ""),
+        (
+            ("[sinks.ledger]", "[sinks.ledger]\nmax_connections = 0"),
+            "sinks.ledger.max_connections",
+            "",
+        ),
+        (
+            ("[sinks.ledger]", "[sinks.ledger.retry]\ninitial_backoff_s = 0\n[sinks.ledger]"),
+            "sinks.ledger.retry.initial_backoff_s",
+            "positive",
+        ),
+        (("[sinks.ledger]", "[gateway]\nport = 70000\n[sinks.ledger]"), "gateway.port", "65535"),
+        (
+            ("[sinks.ledger]", "[compactor]\nmetrics_port = 70000\n[sinks.ledger]"),
+            "compactor.metrics_port",
+            "65535",
+        ),
+        (
+            ("[sinks.ledger]", '[fanout]\nmetrics_host = "a b"\n[sinks.ledger]'),
+            "fanout.metrics_host",
+            "without spaces",
+        ),
+        (
+            ("[sinks.ledger]", "[gateway]\nbody_timeout_s = 0.0\n[sinks.ledger]"),
+            "gateway.body_timeout_s",
+            "positive",
+        ),
+        (("127.0.0.1:9092", "127.0.0.1:99999"), "kafka.bootstrap.servers", "65535"),
+        (
+            (
+                "[sinks.ledger]",
+                '[bridge]\nschema_registry_url = "http://reg:99999"\n[sinks.ledger]',
+            ),
+            "bridge.schema_registry_url",
+            "port must",
+        ),
+        (('scheme = "jiko"', 'scheme = "jiko"\ndeadline_s = 0'), "sources.jiko.deadline_s", ""),
+        (
+            ('scheme = "jiko"', 'scheme = "jiko"\nreorder_window_s = -1.0'),
+            "sources.jiko.reorder_window_s",
+            "zero or more",
+        ),
+    ],
+)
+def test_check_config_names_every_bad_value_in_one_line(
+    change: tuple[str, str],
+    key: str,
+    problem: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from gateway.cli import main
+
+    for name, value in DEMO_ENV.items():
+        monkeypatch.setenv(name, value)
+    good = MINIMAL + SINK
+    path = tmp_path / "c.toml"
+    path.write_text(good)
+    assert main(["check-config", "--config", str(path)]) == 0
+    capsys.readouterr()
+    old, new = change
+    assert old in good
+    path.write_text(good.replace(old, new, 1))
+    assert main(["check-config", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(f"config error: {key}: "), err
+    assert problem in err
