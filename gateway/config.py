@@ -64,6 +64,9 @@ class GatewaySettings:
     max_in_flight: int = 10_000  # requests waiting for the broker; beyond: 503
     drain_timeout_s: float = 10.0  # SIGTERM: wait this long for in-flight acks
     body_timeout_s: float = 10.0  # a body not fully received by then is answered 408
+    header_timeout_s: float = 10.0  # a request head not received by then closes the connection
+    max_header_bytes: int = 16_384  # a larger request head (line + headers) is answered 431
+    max_headers: int = 100  # more header fields are answered 431
 
 
 @dataclass(frozen=True)
@@ -356,6 +359,7 @@ def _check_values(s: Settings) -> None:
     for key, seconds in (
         ("gateway.deadline_s", s.gateway.deadline_s),
         ("gateway.body_timeout_s", s.gateway.body_timeout_s),
+        ("gateway.header_timeout_s", s.gateway.header_timeout_s),
         ("compactor.dedup_horizon_s", s.compactor.dedup_horizon_s),
     ):
         if not seconds > 0:
@@ -369,9 +373,12 @@ def _check_values(s: Settings) -> None:
     for key, count in (
         ("gateway.max_in_flight", s.gateway.max_in_flight),
         ("gateway.body_limit", s.gateway.body_limit),
+        ("gateway.max_headers", s.gateway.max_headers),
     ):
         if count < 1:
             raise ConfigError(key, "must be at least 1")
+    if s.gateway.max_header_bytes < 1024:
+        raise ConfigError("gateway.max_header_bytes", "must be at least 1024")
     for address in str(s.kafka["bootstrap.servers"]).split(","):
         problem = _address_problem(address.strip())
         if problem is not None:
