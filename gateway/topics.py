@@ -371,7 +371,11 @@ def _check_config(spec: TopicSpec, found: Mapping[str, Found], report: TopicRepo
                     "(only) compacted loses state after retention",
                 )
         elif value is None or value.strip() != wanted.strip():
-            report.add("warning", spec.name, f"{key} wanted {wanted}, found {shown}")
+            report.add(
+                "warning",
+                spec.name,
+                f"{key} wanted {wanted}, found {shown}{_why(key, wanted, value)}",
+            )
     if CLEANUP_POLICY not in spec.config:
         entry = found.get(CLEANUP_POLICY)
         if entry is not None and "compact" in _policies(entry.value):
@@ -381,3 +385,20 @@ def _check_config(spec: TopicSpec, found: Mapping[str, Found], report: TopicRepo
                 f"{CLEANUP_POLICY} wanted delete (broker default), found {entry}; "
                 "compaction drops older records with the same key",
             )
+
+
+def _why(key: str, wanted: str, found: str | None) -> str:
+    """What a differing value breaks, where that is known."""
+    smaller = (
+        key == MAX_MESSAGE_BYTES
+        and found is not None
+        and found.isdigit()
+        and wanted.isdigit()
+        and int(found) < int(wanted)
+    )
+    if smaller:
+        return (
+            "; the largest envelopes would be refused (answered 413): raise it with "
+            f"kafka-configs --alter --add-config {MAX_MESSAGE_BYTES}={wanted}"
+        )
+    return ""
