@@ -170,3 +170,37 @@ def test_a_record_the_topic_refuses_fails_alone_and_rebuilds_nothing(running: Ru
         running.metric('webhook_bridge_gateway_requests_total{outcome="too_large",source="jiko"}')
         == 15
     )
+
+
+def test_a_message_the_client_refuses_fails_alone_and_rebuilds_nothing(
+    kafka: KafkaCluster,
+) -> None:
+    """The config refuses a message.max.bytes below the largest envelope (test_config);
+    should the client refuse a message anyway, only its request fails, as too_large."""
+    import asyncio
+
+    from gateway.publisher import Publisher, PublishError
+
+    settings = settings_from_toml(config(kafka.bootstrap, f"client-{time.time_ns()}"))
+    ensure_topics(settings.admin_config(), implied_topics(settings))
+    topic = names(settings).raw("jiko")
+    publisher = Publisher({**settings.producer_config(), "message.max.bytes": "100000"})
+
+    async def scenario() -> list[str]:
+        publisher.start(asyncio.get_running_loop())
+        outcomes: list[str] = []
+
+        async def publish(size: int) -> None:
+            try:
+                await publisher.publish(topic, b"k", b"v" * size, [], 10.0)
+                outcomes.append(f"ok {size}")
+            except PublishError as exc:
+                outcomes.append(f"{exc.reason} {size}")
+
+        # in one burst: the refused message shares the producer's outbox with valid ones
+        await asyncio.gather(publish(100), publish(200_000), publish(300))
+        publisher.close(5.0)
+        return outcomes
+
+    assert sorted(asyncio.run(scenario())) == ["ok 100", "ok 300", "too_large 200000"]
+    assert publisher.rebuilds == 0
