@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= deploy/demo.toml
 
-.PHONY: run test lint typecheck pytest bench compose clean install kafka-jars registry-jars registry-jars-optional
+.PHONY: run test lint typecheck pytest bench compose clean install kafka-jars kafka-cluster registry-jars registry-jars-optional
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ install: $(STAMP)
 # and the tests then use the embedded broker.
 kafka-jars: $(STAMP)
 	@$(BIN)/python -m gateway.apache_kafka fetch --optional
+
+# A three-node Apache Kafka cluster on loopback (first node on 9092), in the foreground.
+kafka-cluster: $(STAMP) kafka-jars
+	$(BIN)/webhook-bridge broker --engine apache --nodes 3
 
 run: $(STAMP) kafka-jars
 	$(BIN)/webhook-bridge up --config $(CONFIG)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from gateway.errors import BridgeError, ConfigError
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "up": ("gateway.up", "run the embedded broker, topics and every process (make run)"),
+    "up": ("gateway.up", "run a local Kafka, the topics and every process (make run)"),
     "gateway": ("gateway.server", "serve POST /webhooks/{source} and publish to Kafka"),
     "compactor": ("consumers.compactor", "drop duplicate event ids: raw -> .unique"),
     "reorderer": ("consumers.reorderer", "restore occurrence order: .unique -> .ordered"),
@@ -26,7 +26,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "consumers.fanout.receiver",
         "a demo internal service that checks and prints signed fan-out deliveries",
     ),
-    "broker": ("gateway.broker_cmd", "run the embedded Kafka-protocol broker (Tansu)"),
+    "broker": (
+        "gateway.broker_cmd",
+        "run Apache Kafka (one node or a cluster) or the embedded broker in the foreground",
+    ),
     "topics": ("gateway.topics_cmd", "create and check every topic the config implies"),
     "send": ("gateway.send", "sign a sample webhook with a source's scheme and post it"),
     "check-config": ("gateway.topics_cmd:check", "validate a config file and exit"),

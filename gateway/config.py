@@ -1,6 +1,6 @@
 """The one TOML configuration, loaded into frozen objects and validated at start-up.
 
-Layout (see README "Configuration reference" and `deploy/demo.toml`)::
+Layout (see docs/configuration.md and `deploy/demo.toml`)::
 
     [bridge]    topic prefix, schema registry, logging
     [kafka]     librdkafka settings for every client (dotted keys pass through),

@@ -24,7 +24,7 @@ gateway already accepted as small enough. The bound is each part at its worst ca
     BATCH_HEADER = 61   (Kafka record batch v2 header: the broker limits batches)
 
 With the default ``body_limit`` of 1 MiB this comes to about 1.1 MB; `record_limits` gives
-the producers' and topics' values from it (README "Topics").
+the producers' and topics' values from it (docs/pipeline.md "Record size").
 """
 
 from __future__ import annotations

@@ -50,7 +50,7 @@ GRAFANA_DIR = DEPLOY / "grafana"
 DASHBOARD_FILE = GRAFANA_DIR / "dashboards" / "webhook-bridge.json"
 DEMO_CONFIG = DEPLOY / "demo.toml"
 
-# The metric catalogue the processes promise (README "Metrics"); histograms by base name.
+# The metric catalogue the processes promise (docs/metrics.md); histograms by base name.
 METRIC_CATALOGUE = frozenset(
     {
         "webhook_bridge_gateway_requests_total",
