@@ -56,6 +56,8 @@ ANSWERS: dict[str, Answer] = {
     "method_not_allowed": Answer(405, "method_not_allowed", {"error": "use POST"}),
     "unauthorized": Answer(401, "unauthorized", {"error": "verification failed"}),
     "too_large": Answer(413, "too_large", {"error": "body too large"}),
+    # the broker or the producer refused the record's size: a retry cannot fix it
+    "too_large_for_kafka": Answer(413, "too_large", {"error": "too large for Kafka"}),
     "too_slow": Answer(408, "too_slow", {"error": "body not received in time"}),
     "unavailable": Answer(503, "unavailable", {"error": "not acknowledged by Kafka, retry"}),
     "internal_error": Answer(500, "internal_error", {"error": "internal error, retry"}),
@@ -239,6 +241,8 @@ class WebhookEndpoint:
                 request_id=request_id,
                 reason=exc.reason,
             )
+            if exc.reason == "too_large":
+                return self._answer("too_large_for_kafka")
             return self._unavailable()
         per_source.publish.observe(time.perf_counter() - publish_started)
         logs.debug(  # one line per published request at log_level = "debug"
@@ -349,17 +353,17 @@ def create_app(
     async def metrics_endpoint(_request: Request) -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
+    methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
     routes = [
-        Route(
-            "/webhooks/{source}",
-            endpoint=endpoint,
-            methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
-        ),
+        Route("/webhooks/{source}", endpoint=endpoint, methods=methods),
+        # A provider's POST does not follow a redirect: a trailing slash is the same endpoint.
+        Route("/webhooks/{source}/", endpoint=endpoint, methods=methods),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
+    app.router.redirect_slashes = False  # anything else unknown is a 404, never a 307
     app.state.publisher = publisher
     app.state.metrics = metrics
     app.state.registry = registry

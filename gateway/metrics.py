@@ -27,7 +27,7 @@ OUTCOMES = (
     "method_not_allowed",
     "internal_error",
 )
-DELIVERY_ERRORS = ("timeout", "queue_full", "broker", "fatal")
+DELIVERY_ERRORS = ("timeout", "queue_full", "broker", "fatal", "too_large")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 2.5, 3.0, 5.0)
 SIZE_BUCKETS = (256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304)
 

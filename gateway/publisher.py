@@ -38,16 +38,23 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     "linger.ms": 1,
     "message.timeout.ms": 30_000,  # librdkafka's own retry budget; requests stop waiting sooner
     "queue.buffering.max.messages": 100_000,
+    # A batch never exceeds 64 KiB once it holds a message, so any larger envelope
+    # travels in a batch of its own: a topic that refuses it as too large refuses it
+    # alone, never the small requests that would have shared its batch.
+    "batch.size": 65_536,
     "socket.keepalive.enable": True,
     "log_level": 3,
 }
 BUSY_POLL_S = 0.001
 IDLE_POLL_S = 0.05
 FATAL_DELIVERY_ERRORS = frozenset({"_FATAL", "UNKNOWN_PRODUCER_ID", "OUT_OF_ORDER_SEQUENCE_NUMBER"})
+# The client (message.max.bytes) or the topic (max.message.bytes, segment.bytes) refuses
+# the record's size: that message's fault alone, never a reason to rebuild the producer.
+TOO_LARGE_ERRORS = frozenset({"MSG_SIZE_TOO_LARGE", "RECORD_LIST_TOO_LARGE"})
 
 
 class PublishError(BridgeError):
-    """No acknowledgement: `reason` is one of timeout, queue_full, broker, fatal."""
+    """No acknowledgement: `reason` is one of timeout, queue_full, broker, fatal, too_large."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
         self.reason = reason
@@ -153,6 +160,9 @@ class Publisher:
                 future.set_exception(PublishError("queue_full", "producer queue is full"))
                 continue
             except Exception as exc:  # KafkaException from a producer in a fatal state
+                if _error_name(exc) in TOO_LARGE_ERRORS:  # this message only
+                    future.set_exception(PublishError("too_large", _error_name(exc)))
+                    continue
                 self._rebuild_requested = True
                 future.set_exception(PublishError("broker", type(exc).__name__))
                 continue
@@ -175,6 +185,9 @@ class Publisher:
                 future.set_result(None)
             else:
                 name = str(err.name())
+                if name in TOO_LARGE_ERRORS:
+                    future.set_exception(PublishError("too_large", name))
+                    return
                 if name in FATAL_DELIVERY_ERRORS:
                     self._rebuild_requested = True
                 future.set_exception(PublishError("broker", name))
@@ -234,6 +247,13 @@ class Publisher:
             return False
         self.last_ok = time.monotonic()
         return True
+
+
+def _error_name(exc: Exception) -> str:
+    """The librdkafka error name a KafkaException carries, else ''."""
+    err = exc.args[0] if exc.args else None
+    name = getattr(err, "name", None)
+    return str(name()) if callable(name) else ""
 
 
 def _expire(future: asyncio.Future[None], deadline_s: float) -> None:

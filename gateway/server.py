@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import signal
+from typing import Any
 
 from gateway import config as config_module
 from gateway import logs
 from gateway.cli import add_config_argument
+from gateway.config import Settings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,6 +23,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, help="listen port (default gateway.port)")
     # One process per gateway: its metrics and readiness are per process. Scale out
     # with replicas (or several processes behind a balancer), not uvicorn workers.
+
+
+def uvicorn_config(app: Any, settings: Settings, host: str, port: int, **overrides: Any) -> Any:
+    """The uvicorn.Config the gateway runs with (tests serve the app with the same one)."""
+    import uvicorn
+
+    from gateway.connections import guarded_protocol
+
+    options: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "log_level": "warning",
+        "access_log": False,
+        "timeout_graceful_shutdown": int(settings.gateway.drain_timeout_s) or 1,
+        "loop": "uvloop",
+        # httptools, with a deadline and size limits on the request head (gateway.connections)
+        "http": guarded_protocol(settings.gateway),
+        "lifespan": "on",
+        "workers": 1,
+        **overrides,
+    }
+    return uvicorn.Config(app, **options)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,20 +64,7 @@ def run(args: argparse.Namespace) -> int:
     for topic in registry_topics(settings) if serializer.uses_registry else ():
         serializer.prepare(topic)
     app = create_app(settings, serializer=serializer)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=host,
-            port=port,
-            log_level="warning",
-            access_log=False,
-            timeout_graceful_shutdown=int(settings.gateway.drain_timeout_s) or 1,
-            loop="uvloop",
-            http="httptools",
-            lifespan="on",
-            workers=1,
-        )
-    )
+    server = uvicorn.Server(uvicorn_config(app, settings, host, port))
     logs.info("gateway listening", url=f"http://{host}:{port}")
     # uvicorn drains on SIGTERM, then re-raises the signal to the handler that was
     # installed before it: a no-op here, so a clean drain exits 0.

@@ -74,11 +74,18 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve(app: Any) -> Iterator[str]:
-    """Run an ASGI app under a real uvicorn server on a free loopback port."""
+def serve(app: Any, settings: Settings | None = None) -> Iterator[str]:
+    """Run an ASGI app under a real uvicorn server on a free loopback port; with
+    `settings`, under the gateway's own server configuration (gateway.server)."""
     port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
+    if settings is not None:
+        from gateway.server import uvicorn_config
+
+        config = uvicorn_config(
+            app, settings, "127.0.0.1", port, log_level="error", timeout_graceful_shutdown=5
+        )
+    else:
+        config = uvicorn.Config(
             app,
             host="127.0.0.1",
             port=port,
@@ -86,7 +93,7 @@ def serve(app: Any) -> Iterator[str]:
             lifespan="on",
             timeout_graceful_shutdown=5,
         )
-    )
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20

@@ -144,14 +144,17 @@ def test_record_over_message_max_bytes_is_rejected_at_once(
 ) -> None:
     prefix = unique_name("kse")
     out = f"out-{prefix}"
-    settings = settings_with(
-        kafka.bootstrap,
-        prefix,
-        {"k": {"type": "kafka", "topic": out}},
-        {"message.max.bytes": "20000"},
+    # The config refuses a message.max.bytes below the largest envelope its sources can
+    # make (gateway.sizes): a source limited to 1,000 bytes needs about 57 kB.
+    raw: dict[str, Any] = raw_config(
+        kafka.bootstrap, prefix, {"k": {"type": "kafka", "topic": out}}
     )
+    raw["kafka"]["producer"] = {"message.max.bytes": "60000"}
+    for source in raw["sources"].values():
+        source["body_limit"] = 1000
+    settings = config.parse(raw, {SECRET_ENV: SECRET})
     ensure_topics(settings.admin_config(), [TopicSpec(out, 1, 1)])
-    big = replace(envelope("big", "K"), body=b'{"pad": "' + b"x" * 50_000 + b'"}')
+    big = replace(envelope("big", "K"), body=b'{"pad": "' + b"x" * 100_000 + b'"}')
 
     async def go() -> list[DeliveryResult]:
         sink = build_sink(settings.sinks["k"], SinkContext(settings, {}))

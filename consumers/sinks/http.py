@@ -24,7 +24,7 @@ from consumers.fanout.policy import parse_retry_after
 from consumers.sinks import signing
 from consumers.sinks.base import DeliveryResult, Event, Sink, SinkContext, int_option
 from consumers.sinks.http_client import HttpClient, HttpError, RequestTimeout
-from gateway.config import SinkSettings
+from gateway.config import SinkSettings, url_problem
 from gateway.verify.common import Options
 from schemas.envelope import micros_to_iso
 
@@ -92,9 +92,9 @@ def _parse(opts: Options, env: Mapping[str, str]) -> tuple[str, bytes, float, fl
     url = opts.opt_text("url")
     if not url:
         raise opts.fail("url", "required: the http(s) URL to POST events to")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise opts.fail("url", "must be an absolute http:// or https:// URL")
+    problem = url_problem(url)
+    if problem is not None:
+        raise opts.fail("url", problem)
     var = opts.opt_text("secret")
     if not var:
         raise opts.fail("secret", "required: the environment variable holding whsec_<base64>")
