@@ -29,7 +29,7 @@ from starlette.types import Receive, Scope, Send
 from gateway import logs
 from gateway.config import Settings, SourceSettings
 from gateway.errors import VerificationError
-from gateway.metrics import UNKNOWN_SOURCE, GatewayMetrics
+from gateway.metrics import NO_MODE, GatewayMetrics, verified_labels
 from gateway.normalize import normalize
 from gateway.publisher import Publisher, PublishError
 from gateway.topics import TopicNames, names
@@ -123,8 +123,12 @@ class WebhookEndpoint:
         supplied = headers.get("x-request-id", "")
         request_id = supplied if _REQUEST_ID.match(supplied) else os.urandom(16).hex()
         source = self.sources.get(scope["path_params"]["source"])
-        label = source.name if source is not None else UNKNOWN_SOURCE
-        per_source = self.metrics.by_source[label]
+        if source is None:  # counted once, under "_unknown": a caller makes no label value
+            self.metrics.unknown.inc()
+            status, _, body, extra = self._answer("not_found")
+            await self._send(send, status, body, extra, request_id)
+            return
+        per_source = self.metrics.by_source[source.name]
         self.in_flight += 1
         self.metrics.in_flight.inc()
         try:
@@ -136,7 +140,7 @@ class WebhookEndpoint:
         except Exception as exc:  # a bug: answer and count it; never publish, never crash
             logs.error(
                 "request failed",
-                source=label,
+                source=source.name,
                 request_id=request_id,
                 error=type(exc).__name__,
             )
@@ -146,6 +150,16 @@ class WebhookEndpoint:
             self.metrics.in_flight.dec()
         per_source.outcomes[outcome].inc()
         per_source.request.observe(time.perf_counter() - started)
+        await self._send(send, status, body, extra, request_id)
+
+    @staticmethod
+    async def _send(
+        send: Send,
+        status: int,
+        body: dict[str, str],
+        extra: list[tuple[bytes, bytes]],
+        request_id: str,
+    ) -> None:
         body["request_id"] = request_id
         payload = orjson.dumps(body)
         response_headers = [
@@ -162,11 +176,9 @@ class WebhookEndpoint:
         scope: Scope,
         receive: Receive,
         headers: dict[str, str],
-        source: SourceSettings | None,
+        source: SourceSettings,
         request_id: str,
     ) -> tuple[int, str, dict[str, str], list[tuple[bytes, bytes]]]:
-        if source is None:
-            return self._answer("not_found")
         if scope["method"] != "POST":
             return self._answer("method_not_allowed", [(b"allow", b"POST")])
         per_source = self.metrics.by_source[source.name]
@@ -277,9 +289,10 @@ class WebhookEndpoint:
     def _verified_counter(
         self, source: str, scheme: str, key_id: str | None, mode: str | None
     ) -> Counter:
-        labels = (source, scheme, key_id or "", mode or "")
+        labels = (source, scheme, key_id or "", mode or NO_MODE)
         child = self._verified.get(labels)
         if child is None:  # bounded: configured sources x their keys x scheme modes
+            # (pre-created from the config at start: a plugin may report more)
             child = self._verified[labels] = self.metrics.verified.labels(*labels)
         return child
 
@@ -308,7 +321,13 @@ def create_app(
     serializer: EnvelopeSerializer | None = None,
 ) -> Starlette:
     registry = registry if registry is not None else CollectorRegistry()
-    metrics = GatewayMetrics(((s.name, s.deadline_s) for s in settings.sources.values()), registry)
+    metrics = GatewayMetrics(
+        ((s.name, s.deadline_s) for s in settings.sources.values()),
+        registry,
+        verified=[
+            (s.name, *labels) for s in settings.sources.values() for labels in verified_labels(s)
+        ],
+    )
     publisher = publisher or Publisher(settings.producer_config())
     serializer = serializer or EnvelopeSerializer(settings.bridge.schema_registry_url)
     endpoint = WebhookEndpoint(settings, publisher, serializer, metrics)

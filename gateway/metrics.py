@@ -1,19 +1,25 @@
 """Gateway metrics. Label values come only from the configuration and fixed enums.
 
 An unknown source path is counted under ``source="_unknown"``: a caller can never
-create a new label value. Children for every configured source are created at
-start, so every series exists from the first scrape.
+create a new label value. Only what can happen to an unknown path has a series for it
+(the 404 count): no deadline, no latency. Children for every configured source are
+created at start, the verified series included (every secret and mode the source's
+verifier can report), so every series exists from the first scrape.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from gateway.normalize import FIELDS
 from gateway.verify.base import REASONS
+
+if TYPE_CHECKING:
+    from gateway.config import SourceSettings
 
 UNKNOWN_SOURCE = "_unknown"
 OUTCOMES = (
@@ -28,8 +34,30 @@ OUTCOMES = (
     "internal_error",
 )
 DELIVERY_ERRORS = ("timeout", "queue_full", "broker", "fatal")
+NO_MODE = "default"  # the `mode` of a scheme with one way to sign
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 2.5, 3.0, 5.0)
 SIZE_BUCKETS = (256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304)
+
+
+def verified_labels(source: SourceSettings) -> list[tuple[str, str, str]]:
+    """Every (scheme, key_id, mode) the source's verifier can report: its secrets' names
+    (for J.P. Morgan the pinned key ids of the method that reports one), and its modes."""
+    from gateway.verify.jpmorgan import JPMorganVerifier
+
+    verifier = source.verifier
+    key_ids: set[str] = set(source.key_ids)
+    modes: set[str] = {NO_MODE}
+    if isinstance(verifier, JPMorganVerifier):
+        modes = {verifier.mode}
+        if verifier.signature is not None:
+            key_ids = {p.key_id for p in verifier.signature.pinned.values()}
+        elif verifier.bearer is not None:
+            key_ids = {k.kid for k in verifier.bearer.all if k.kid}
+        else:
+            key_ids = set()
+    elif hasattr(verifier, "mode_names"):
+        modes = set(verifier.mode_names)
+    return [(verifier.scheme, k, m) for k in sorted(key_ids or {""}) for m in sorted(modes)]
 
 
 @dataclass
@@ -46,7 +74,12 @@ class SourceMetrics:
 
 
 class GatewayMetrics:
-    def __init__(self, sources: Iterable[tuple[str, float]], registry: CollectorRegistry) -> None:
+    def __init__(
+        self,
+        sources: Iterable[tuple[str, float]],
+        registry: CollectorRegistry,
+        verified: Iterable[tuple[str, str, str, str]] = (),
+    ) -> None:
         ns = "webhook_bridge_gateway"
         self.requests = Counter(
             f"{ns}_requests",
@@ -116,7 +149,13 @@ class GatewayMetrics:
             registry=registry,
         )
         self.by_source: dict[str, SourceMetrics] = {}
-        for name, deadline in [*sources, (UNKNOWN_SOURCE, 0.0)]:
+        # An unknown path is answered 404 before anything else happens to it.
+        self.unknown = self.requests.labels(UNKNOWN_SOURCE, "not_found")
+        for reason in REASONS:  # kept while alert rules exclude source!="_unknown" here
+            self.failures.labels(UNKNOWN_SOURCE, reason)
+        for labels in verified:
+            self.verified.labels(*labels)
+        for name, deadline in sources:
             self.deadline.labels(name).set(deadline)
             self.by_source[name] = SourceMetrics(
                 outcomes={o: self.requests.labels(name, o) for o in OUTCOMES},
