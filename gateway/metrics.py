@@ -9,13 +9,14 @@ verifier can report), so every series exists from the first scrape.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from gateway.normalize import FIELDS
+from gateway.publisher import REASONS as PUBLISH_REASONS
 from gateway.verify.base import REASONS
 
 if TYPE_CHECKING:
@@ -33,10 +34,25 @@ OUTCOMES = (
     "method_not_allowed",
     "internal_error",
 )
-DELIVERY_ERRORS = ("timeout", "queue_full", "broker", "fatal")
+DELIVERY_ERRORS = PUBLISH_REASONS
 NO_MODE = "default"  # the `mode` of a scheme with one way to sign
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 2.5, 3.0, 5.0)
-SIZE_BUCKETS = (256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304)
+BROKER_REACHABLE = "webhook_bridge_broker_reachable"  # shared with the consumer processes
+
+
+def broker_reachable_gauge(
+    registry: CollectorRegistry, process: str, reachable: Callable[[], bool]
+) -> Gauge:
+    """`webhook_bridge_broker_reachable{process}`: 1 while the process's Kafka client reaches
+    a broker, read from `reachable` at each scrape."""
+    gauge = Gauge(
+        BROKER_REACHABLE,
+        "1 while this process reaches a Kafka broker (background metadata probe), else 0",
+        ["process"],
+        registry=registry,
+    )
+    gauge.labels(process).set_function(lambda: float(reachable()))
+    return gauge
 
 
 def verified_labels(source: SourceSettings) -> list[tuple[str, str, str]]:
@@ -58,6 +74,9 @@ def verified_labels(source: SourceSettings) -> list[tuple[str, str, str]]:
     elif hasattr(verifier, "mode_names"):
         modes = set(verifier.mode_names)
     return [(verifier.scheme, k, m) for k in sorted(key_ids or {""}) for m in sorted(modes)]
+
+
+SIZE_BUCKETS = (256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304)
 
 
 @dataclass
@@ -131,7 +150,15 @@ class GatewayMetrics:
             registry=registry,
         )
         self.rebuilds = Counter(
-            f"{ns}_producer_rebuilds", "Producers rebuilt after a fatal error", registry=registry
+            f"{ns}_producer_rebuilds",
+            "Producers rebuilt after a fatal producer error (never for a broker that is away)",
+            registry=registry,
+        )
+        self.missing_topics = Gauge(
+            f"{ns}_missing_topics",
+            "Topics the gateway writes that the broker does not have (publishes to them "
+            "answer 503); topics are never auto-created",
+            registry=registry,
         )
         self.body_size = Histogram(
             f"{ns}_body_size_bytes",

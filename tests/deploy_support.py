@@ -66,6 +66,8 @@ METRIC_CATALOGUE = frozenset(
         "webhook_bridge_gateway_producer_rebuilds_total",
         "webhook_bridge_gateway_body_size_bytes",
         "webhook_bridge_gateway_selector_fallbacks_total",
+        "webhook_bridge_gateway_missing_topics",
+        "webhook_bridge_broker_reachable",
         "webhook_bridge_stage_consumed_total",
         "webhook_bridge_stage_forwarded_total",
         "webhook_bridge_stage_quarantined_total",
@@ -201,10 +203,11 @@ def code_metrics() -> Mapping[str, CodeMetric]:
 
     from consumers.fanout.metrics import FanoutMetrics
     from consumers.metrics import CompactorMetrics, ReordererMetrics, StageMetrics
-    from gateway.metrics import GatewayMetrics
+    from gateway.metrics import GatewayMetrics, broker_reachable_gauge
 
     registry = CollectorRegistry()
     GatewayMetrics([("source", 1.0)], registry, verified=[("source", "scheme", "key_id", "mode")])
+    broker_reachable_gauge(registry, "process", lambda: True)
     StageMetrics("stage", ["provider"], registry)
     CompactorMetrics(["provider"], registry)
     ReordererMetrics(["provider"], registry)
@@ -264,9 +267,9 @@ def label_domains(settings: Settings) -> dict[str, dict[str, frozenset[str]]]:
     """metric -> label -> every value the code gives that label under `settings`.
 
     Built from the code's own tables (gateway ANSWERS and OUTCOMES, verification REASONS,
-    DELIVERY_ERRORS, the normalised FIELDS, QUARANTINE_REASONS, DLQ_REASONS, the stage
-    names, what each configured verifier reports) and the configured sources, providers
-    and sinks, never
+    DELIVERY_ERRORS, the normalised FIELDS, QUARANTINE_REASONS,
+    DLQ_REASONS, the stage names, what each configured verifier reports) and the
+    configured sources, providers and sinks, never
     from copied literals. Every
     metric of METRIC_CATALOGUE is a key, plus ``up`` (component from the scrape config).
     """
@@ -274,7 +277,12 @@ def label_domains(settings: Settings) -> dict[str, dict[str, frozenset[str]]]:
     from consumers.fanout.metrics import DLQ_REASONS
     from consumers.metrics import QUARANTINE_REASONS
     from gateway.app import ANSWERS
-    from gateway.metrics import DELIVERY_ERRORS, OUTCOMES, UNKNOWN_SOURCE, verified_labels
+    from gateway.metrics import (
+        DELIVERY_ERRORS,
+        OUTCOMES,
+        UNKNOWN_SOURCE,
+        verified_labels,
+    )
     from gateway.normalize import FIELDS
     from gateway.verify.base import REASONS
 
@@ -310,6 +318,9 @@ def label_domains(settings: Settings) -> dict[str, dict[str, frozenset[str]]]:
         f"{g}_producer_queue_messages": {},
         f"{g}_delivery_errors_total": {"source": configured, "reason": frozenset(DELIVERY_ERRORS)},
         f"{g}_producer_rebuilds_total": {},
+        f"{g}_missing_topics": {},
+        # Every process names itself (the consumer processes report theirs too).
+        "webhook_bridge_broker_reachable": {"process": frozenset({"gateway", *stage, "fanout"})},
         f"{g}_body_size_bytes": by_source,
         f"{g}_selector_fallbacks_total": {"source": configured, "field": frozenset(FIELDS)},
         f"{s}_consumed_total": by_stage_provider,

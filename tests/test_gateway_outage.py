@@ -5,10 +5,17 @@ again on its data. Every request is counted, errors included; every id answered 
 before, during or after the outage, must be in Kafka afterwards (no window is left
 out); answers during the outage are prompt 503s; and the same gateway process
 answers 200 again once the broker is back.
+
+What an on-call SRE sees must be true as well: /readyz turns 503 within 5 s of the
+kill (answering at once every time) and 200 after the restart, the reachability gauge
+follows, the delivery errors say broker/timeout (never fatal), the producer is never
+rebuilt (Apache Kafka keeps the producer's state), and librdkafka's repeated
+connection errors are logged once per interval, not many times a second.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import Counter
@@ -17,6 +24,7 @@ from dataclasses import dataclass, field
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import create_app
 from gateway.samples import sample_body
@@ -28,6 +36,8 @@ from tests.support import gateway_toml, read_topic, serve, settings_from_toml
 pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.real_kafka]
 DEADLINE_S = 1.0
 MARGIN_S = 1.5  # HTTP and scheduling on a busy 2-core machine
+READY_LOST_WITHIN_S = 5.0
+READYZ_ANSWER_S = 0.5  # answered from state: no broker round trip (was 1.0 s per call)
 
 
 @dataclass
@@ -85,9 +95,31 @@ class Load:
             return list(self.answers)
 
 
+def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample of /metrics by (name, labels)."""
+    out: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
+        for sample in family.samples:
+            out[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return out
+
+
+def value(
+    samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str
+) -> float:
+    return samples[(name, frozenset(labels.items()))]
+
+
+def readyz(url: str) -> tuple[int, float]:
+    started = time.monotonic()
+    status = httpx.get(f"{url}/readyz", timeout=10).status_code
+    return status, time.monotonic() - started
+
+
 def test_broker_killed_under_load(
-    fresh_broker: OwnBroker, unique_name: Callable[[str], str]
+    fresh_broker: OwnBroker, unique_name: Callable[[str], str], caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="webhook_bridge")
     prefix = unique_name("outage")
     settings = settings_from_toml(
         gateway_toml(fresh_broker.bootstrap, prefix).replace(
@@ -104,7 +136,11 @@ def test_broker_killed_under_load(
             **sign_request(source.scheme, source.verify_context, body, time.time()),
         }
 
+    g = "webhook_bridge_gateway"
     with serve(create_app(settings)) as url:
+        assert readyz(url)[0] == 200
+        before = scrape(url)
+        assert value(before, "webhook_bridge_broker_reachable", process="gateway") == 1.0
         load = Load(url, sign)
         threads = [threading.Thread(target=load.worker, daemon=True) for _ in range(4)]
         for thread in threads:
@@ -114,7 +150,18 @@ def test_broker_killed_under_load(
                 time.sleep(0.05)
             killed_at = time.monotonic()
             fresh_broker.kill()
-            time.sleep(4)
+            probes: list[tuple[float, int, float]] = []  # (since the kill, status, answer time)
+            while time.monotonic() - killed_at < 4 or not any(p[1] == 503 for p in probes):
+                assert time.monotonic() - killed_at < READY_LOST_WITHIN_S + 1, probes
+                status, took = readyz(url)
+                probes.append((time.monotonic() - killed_at, status, took))
+                time.sleep(0.1)
+            lost_at = min(p[0] for p in probes if p[1] == 503)
+            assert lost_at < READY_LOST_WITHIN_S, probes
+            assert all(p[1] == 503 for p in probes if p[0] > lost_at), probes  # it stays lost
+            assert max(p[2] for p in probes) < READYZ_ANSWER_S, probes
+            during_scrape = scrape(url)
+            assert value(during_scrape, "webhook_bridge_broker_reachable", process="gateway") == 0
             # An answer within 0.2 s of the kill may carry an ack that arrived before it.
             during = [a for a in load.snapshot() if a[0] > killed_at + 0.2]
             assert during, "no request was answered while the broker was down"
@@ -126,6 +173,10 @@ def test_broker_killed_under_load(
             while not any(a[1] == 200 and a[0] > restarted_at for a in load.snapshot()):
                 assert time.monotonic() - restarted_at < 60, "no 200 after the broker came back"
                 time.sleep(0.2)
+            while readyz(url)[0] != 200:
+                assert time.monotonic() - restarted_at < 60, "/readyz not 200 after the restart"
+                time.sleep(0.2)
+            ready_again_s = time.monotonic() - restarted_at
             time.sleep(1)
         finally:
             load.stop.set()
@@ -140,14 +191,30 @@ def test_broker_killed_under_load(
         )
         missing = acked - set(stored)
         assert not missing, f"{len(missing)} ids answered 200 are not in Kafka"
-        metrics = httpx.get(f"{url}/metrics").text
-        rebuilds = [
-            ln
-            for ln in metrics.splitlines()
-            if ln.startswith("webhook_bridge_gateway_producer_rebuilds_total")
-        ]
+
+        after = scrape(url)
+        assert value(after, "webhook_bridge_broker_reachable", process="gateway") == 1.0
+        assert value(after, f"{g}_producer_rebuilds_total") == 0.0
+        reasons = {
+            r: value(after, f"{g}_delivery_errors_total", source="fintoc", reason=r)
+            for r in ("timeout", "broker", "topic_missing", "queue_full", "fatal")
+        }
+        assert reasons["broker"] + reasons["timeout"] == statuses[503], (reasons, statuses)
+        assert reasons["fatal"] == reasons["topic_missing"] == reasons["queue_full"] == 0, reasons
+        # librdkafka's refused connections: one line per kind per 10 s, with a count.
+        kafka_lines = Counter(
+            (r.getMessage(), r.fields.get("code"), r.levelname)  # type: ignore[attr-defined]
+            for r in caplog.records
+            if r.getMessage() in ("librdkafka", "kafka client error")
+        )
+        outage_s = time.monotonic() - killed_at
+        assert kafka_lines, "no librdkafka line was logged during a broker outage"
+        allowed = outage_s / 10 + 2
+        assert max(kafka_lines.values()) <= allowed, kafka_lines
         print(
             f"outage: {len(answers)} requests: {statuses[200]} x 200, {statuses[503]} x 503 "
             f"({len(during)} during the outage); {len(acked)} acknowledged ids all in Kafka; "
-            f"{rebuilds}"
+            f"/readyz 503 after {lost_at:.2f} s, 200 again {ready_again_s:.1f} s after the "
+            f"restart; delivery errors {reasons}; "
+            f"librdkafka lines {dict(kafka_lines)} in {outage_s:.0f} s"
         )

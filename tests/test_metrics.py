@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -32,11 +33,12 @@ class AckingPublisher(Publisher):
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.last_ok = time.monotonic()
+        self.broker_reachable = True
 
     def close(self, timeout_s: float = 10.0) -> int:
         return 0
 
-    def check_broker(self, timeout_s: float = 2.0) -> bool:
+    def check_broker(self, timeout_s: float = 2.0, topics: Sequence[str] | None = None) -> bool:
         return True
 
     async def publish(
@@ -129,6 +131,8 @@ def test_every_series_exists_from_the_first_scrape_with_real_label_values() -> N
             ),
             ("jpm", "jpmorgan", "", "static-headers"),  # a static header names no key
         }
+        assert first["webhook_bridge_broker_reachable"] == [({"process": "gateway"}, 1.0)]
+        assert first[f"{g}_missing_topics"] == [({}, 0.0)]
         assert first[f"{g}_producer_rebuilds_total"] == [({}, 0.0)]
 
         # An unknown path has its 404 count, and no deadline, latency, size or publish.
