@@ -243,6 +243,7 @@ class WebhookEndpoint:
                 topic, envelope.event_id.encode(), value, kafka_headers, source.deadline_s
             )
         except PublishError as exc:
+            per_source.publish[exc.reason].observe(time.perf_counter() - publish_started)
             per_source.delivery_errors[exc.reason].inc()
             logs.warning(
                 "publish failed",
@@ -253,7 +254,7 @@ class WebhookEndpoint:
                 detail=str(exc),
             )
             return self._unavailable()
-        per_source.publish.observe(time.perf_counter() - publish_started)
+        per_source.publish["acknowledged"].observe(time.perf_counter() - publish_started)
         logs.debug(  # one line per published request at log_level = "debug"
             "published",
             source=source.name,

@@ -35,9 +35,19 @@ OUTCOMES = (
     "internal_error",
 )
 DELIVERY_ERRORS = PUBLISH_REASONS
+PUBLISH_OUTCOMES = ("acknowledged", *DELIVERY_ERRORS)
 NO_MODE = "default"  # the `mode` of a scheme with one way to sign
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 2.5, 3.0, 5.0)
+# WebhookBridgePublishLatencyNearDeadline compares publish p99 with this share of each
+# source's deadline: both it and the deadline are bucket bounds, so the quantile is exact there.
+NEAR_DEADLINE = 0.8
 BROKER_REACHABLE = "webhook_bridge_broker_reachable"  # shared with the consumer processes
+
+
+def latency_buckets(deadlines: Iterable[float]) -> tuple[float, ...]:
+    """LATENCY_BUCKETS plus each deadline and NEAR_DEADLINE of it."""
+    extra = {round(f * d, 6) for d in deadlines if d > 0 for f in (1.0, NEAR_DEADLINE)}
+    return tuple(sorted({*LATENCY_BUCKETS, *extra}))
 
 
 def broker_reachable_gauge(
@@ -85,7 +95,7 @@ class SourceMetrics:
 
     outcomes: dict[str, Counter]
     failures: dict[str, Counter]
-    publish: Histogram
+    publish: dict[str, Histogram]  # by outcome: acknowledged or a delivery error
     request: Histogram
     body_size: Histogram
     delivery_errors: dict[str, Counter]
@@ -99,6 +109,8 @@ class GatewayMetrics:
         registry: CollectorRegistry,
         verified: Iterable[tuple[str, str, str, str]] = (),
     ) -> None:
+        sources = list(sources)
+        buckets = latency_buckets(deadline for _, deadline in sources)
         ns = "webhook_bridge_gateway"
         self.requests = Counter(
             f"{ns}_requests",
@@ -120,16 +132,17 @@ class GatewayMetrics:
         )
         self.publish = Histogram(
             f"{ns}_publish_duration_seconds",
-            "From produce to broker acknowledgement",
-            ["source"],
-            buckets=LATENCY_BUCKETS,
+            "From produce to the broker's acknowledgement or the failure (outcome: "
+            "acknowledged or the delivery error's reason; a timeout counts its deadline)",
+            ["source", "outcome"],
+            buckets=buckets,
             registry=registry,
         )
         self.request = Histogram(
             f"{ns}_request_duration_seconds",
             "Whole webhook request, first byte to answer",
             ["source"],
-            buckets=LATENCY_BUCKETS,
+            buckets=buckets,
             registry=registry,
         )
         self.deadline = Gauge(
@@ -187,7 +200,7 @@ class GatewayMetrics:
             self.by_source[name] = SourceMetrics(
                 outcomes={o: self.requests.labels(name, o) for o in OUTCOMES},
                 failures={r: self.failures.labels(name, r) for r in REASONS},
-                publish=self.publish.labels(name),
+                publish={o: self.publish.labels(name, o) for o in PUBLISH_OUTCOMES},
                 request=self.request.labels(name),
                 body_size=self.body_size.labels(name),
                 delivery_errors={r: self.delivery_errors.labels(name, r) for r in DELIVERY_ERRORS},

@@ -267,7 +267,7 @@ def label_domains(settings: Settings) -> dict[str, dict[str, frozenset[str]]]:
     """metric -> label -> every value the code gives that label under `settings`.
 
     Built from the code's own tables (gateway ANSWERS and OUTCOMES, verification REASONS,
-    DELIVERY_ERRORS, the normalised FIELDS, QUARANTINE_REASONS,
+    DELIVERY_ERRORS and PUBLISH_OUTCOMES, the normalised FIELDS, QUARANTINE_REASONS,
     DLQ_REASONS, the stage names, what each configured verifier reports) and the
     configured sources, providers and sinks, never
     from copied literals. Every
@@ -280,6 +280,7 @@ def label_domains(settings: Settings) -> dict[str, dict[str, frozenset[str]]]:
     from gateway.metrics import (
         DELIVERY_ERRORS,
         OUTCOMES,
+        PUBLISH_OUTCOMES,
         UNKNOWN_SOURCE,
         verified_labels,
     )
@@ -311,7 +312,10 @@ def label_domains(settings: Settings) -> dict[str, dict[str, frozenset[str]]]:
         f"{g}_requests_total": {"source": source, "outcome": outcome},
         f"{g}_verification_failures_total": {"source": source, "reason": frozenset(REASONS)},
         f"{g}_verified_total": verified,
-        f"{g}_publish_duration_seconds": by_source,
+        f"{g}_publish_duration_seconds": {
+            "source": configured,
+            "outcome": frozenset(PUBLISH_OUTCOMES),
+        },
         f"{g}_request_duration_seconds": by_source,
         f"{g}_deadline_seconds": by_source,
         f"{g}_in_flight_requests": {},

@@ -8,7 +8,8 @@ answers 200 again once the broker is back.
 
 What an on-call SRE sees must be true as well: /readyz turns 503 within 5 s of the
 kill (answering at once every time) and 200 after the restart, the reachability gauge
-follows, the delivery errors say broker/timeout (never fatal), the producer is never
+follows, the publish histogram holds the failed publishes under their outcome at the
+deadline, the delivery errors say broker/timeout (never fatal), the producer is never
 rebuilt (Apache Kafka keeps the producer's state), and librdkafka's repeated
 connection errors are logged once per interval, not many times a second.
 """
@@ -201,6 +202,28 @@ def test_broker_killed_under_load(
         }
         assert reasons["broker"] + reasons["timeout"] == statuses[503], (reasons, statuses)
         assert reasons["fatal"] == reasons["topic_missing"] == reasons["queue_full"] == 0, reasons
+        # Every publish is in the histogram under its outcome; the failed ones at the deadline.
+        counts = {
+            o: value(after, f"{g}_publish_duration_seconds_count", source="fintoc", outcome=o)
+            for o in ("acknowledged", *reasons)
+        }
+        assert counts["acknowledged"] == statuses[200], (counts, statuses)
+        assert {o: counts[o] for o in reasons} == reasons
+        failed = [o for o in ("broker", "timeout") if counts[o]]
+        for outcome in failed:
+            total = value(
+                after, f"{g}_publish_duration_seconds_sum", source="fintoc", outcome=outcome
+            )
+            assert total / counts[outcome] >= DEADLINE_S, (outcome, total, counts[outcome])
+            at_deadline = value(
+                after,
+                f"{g}_publish_duration_seconds_bucket",
+                source="fintoc",
+                outcome=outcome,
+                le=str(0.8 * DEADLINE_S),
+            )
+            assert at_deadline == 0, "a failed publish counted below 80% of the deadline"
+
         # librdkafka's refused connections: one line per kind per 10 s, with a count.
         kafka_lines = Counter(
             (r.getMessage(), r.fields.get("code"), r.levelname)  # type: ignore[attr-defined]
@@ -215,6 +238,6 @@ def test_broker_killed_under_load(
             f"outage: {len(answers)} requests: {statuses[200]} x 200, {statuses[503]} x 503 "
             f"({len(during)} during the outage); {len(acked)} acknowledged ids all in Kafka; "
             f"/readyz 503 after {lost_at:.2f} s, 200 again {ready_again_s:.1f} s after the "
-            f"restart; delivery errors {reasons}; "
+            f"restart; delivery errors {reasons}; publish counts {counts}; "
             f"librdkafka lines {dict(kafka_lines)} in {outage_s:.0f} s"
         )

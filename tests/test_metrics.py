@@ -1,9 +1,11 @@
 """Gateway metrics: every promised series from the first scrape with real label values,
-nothing meaningless for unknown paths, and selector fallbacks per source and field."""
+nothing meaningless for unknown paths, buckets at the alert thresholds, and selector
+fallbacks per source and field."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -13,12 +15,20 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
 from gateway.app import create_app
-from gateway.metrics import UNKNOWN_SOURCE
+from gateway.config import load
+from gateway.metrics import (
+    LATENCY_BUCKETS,
+    NEAR_DEADLINE,
+    PUBLISH_OUTCOMES,
+    UNKNOWN_SOURCE,
+    latency_buckets,
+)
 from gateway.normalize import FIELDS
 from gateway.publisher import Publisher
 from gateway.samples import sample_body
 from gateway.verify import justwallet, sign_request
 from schemas.serde import EnvelopeDeserializer
+from tests.deploy_support import COMPOSE_CONFIG, DEMO_CONFIG, K8S_CONFIG, alert_rules, dummy_env
 from tests.support import gateway_toml, settings_from_toml
 
 FALLBACKS = "webhook_bridge_gateway_selector_fallbacks_total"
@@ -131,6 +141,11 @@ def test_every_series_exists_from_the_first_scrape_with_real_label_values() -> N
             ),
             ("jpm", "jpmorgan", "", "static-headers"),  # a static header names no key
         }
+        publish = {
+            (labels["source"], labels["outcome"])
+            for labels, _ in first[f"{g}_publish_duration_seconds_count"]
+        }
+        assert publish == {(s, o) for s in settings.sources for o in PUBLISH_OUTCOMES}
         assert first["webhook_bridge_broker_reachable"] == [({"process": "gateway"}, 1.0)]
         assert first[f"{g}_missing_topics"] == [({}, 0.0)]
         assert first[f"{g}_producer_rebuilds_total"] == [({}, 0.0)]
@@ -158,3 +173,22 @@ def test_every_series_exists_from_the_first_scrape_with_real_label_values() -> N
             after[f"{g}_request_duration_seconds_count"]
             == first[f"{g}_request_duration_seconds_count"]
         )
+
+
+def test_latency_buckets_resolve_the_alert_thresholds() -> None:
+    """WebhookBridgePublishLatencyNearDeadline compares p99 with NEAR_DEADLINE x deadline:
+    that value and the deadline itself are bucket bounds for every configured deadline."""
+    [rule] = [r for r in alert_rules() if r["alert"] == "WebhookBridgePublishLatencyNearDeadline"]
+    factor = re.search(
+        r"([0-9.]+)\s*\*\s*max by \(source\) \(webhook_bridge_gateway_deadline_seconds\)",
+        rule["expr"],
+    )
+    assert factor is not None, rule["expr"]
+    assert float(factor.group(1)) == NEAR_DEADLINE
+    for config in (DEMO_CONFIG, COMPOSE_CONFIG, K8S_CONFIG):
+        settings = load(config, env=dummy_env(config))
+        deadlines = [s.deadline_s for s in settings.sources.values()] + [1.0, 3.0]
+        buckets = latency_buckets(deadlines)
+        for deadline in deadlines:
+            assert deadline in buckets and round(NEAR_DEADLINE * deadline, 6) in buckets, deadline
+        assert set(LATENCY_BUCKETS) <= set(buckets)

@@ -91,6 +91,15 @@ def test_a_missing_topic_is_a_prompt_503_counted_logged_and_never_created(
             value(samples, f"{G}_delivery_errors_total", source="fintoc", reason="topic_missing")
             == 1
         )
+        assert (
+            value(
+                samples,
+                f"{G}_publish_duration_seconds_count",
+                source="fintoc",
+                outcome="topic_missing",
+            )
+            == 1
+        )
         assert not topic_exists(kafka.bootstrap, absent), "the gateway created the topic"
         lines = [r for r in caplog.records if r.getMessage().startswith("topic missing")]
         assert [r.fields["topic"] for r in lines] == [absent]  # type: ignore[attr-defined]
