@@ -83,8 +83,9 @@ def debug(msg: str, **fields: Any) -> None:
 # --------------------------------------------------------------------------- librdkafka
 
 # Parts of a librdkafka message that change between repeats of the same trouble:
-# "(after 0ms in state CONNECT)", "(after 1ms in state UP, 3 identical error(s) suppressed)".
-_VOLATILE = re.compile(r"\s*\(after \d+ms.*$|\d+ms\b")
+# "(after 0ms in state CONNECT)", "(after 1ms in state UP, 3 identical error(s) suppressed)",
+# "1/1 brokers are down" then "0/2 brokers are down".
+_VOLATILE = re.compile(r"\s*\(after \d+ms.*$|\d+ms\b|\b\d+/\d+\b")
 
 
 def _kind(text: str) -> str:
@@ -98,8 +99,10 @@ class Throttle(Generic[K]):
     """Admits the first of each kind of message, then counts repeats for `interval_s`.
 
     `admit(key)` answers None (suppressed) or how many repeats were suppressed since the
-    key was last admitted; `expired()` hands over the counts of quiet keys whose interval
-    ran out, so a burst that stopped is still reported once. Thread-safe.
+    key was last admitted. `expired()` hands over the counts of keys whose interval ran
+    out with repeats suppressed, and starts a new interval for each: a steady stream of
+    one kind is reported once per interval (by whoever calls `expired`), and a burst that
+    stopped is still reported once. Thread-safe.
     """
 
     def __init__(
@@ -125,10 +128,13 @@ class Throttle(Generic[K]):
         out: list[tuple[K, int]] = []
         with self._lock:
             for key, (admitted, suppressed) in list(self._seen.items()):
-                if now - admitted >= self.interval_s:
+                if now - admitted < self.interval_s:
+                    continue
+                if suppressed:
+                    out.append((key, suppressed))
+                    self._seen[key] = (now, 0)  # this report opens the next interval
+                else:
                     del self._seen[key]
-                    if suppressed:
-                        out.append((key, suppressed))
         return out
 
 
