@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from confluent_kafka import KafkaError, Producer
 
 from gateway.logs import KafkaClientLog, Throttle
+from tests.support import LogRecords, captured_logs
 
 REFUSED = (
     "[thrd:127.0.0.1:9/bootstrap]: 127.0.0.1:9/bootstrap: Connect to ipv4#127.0.0.1:9 "
@@ -26,17 +28,14 @@ class Clock:
         return self.now
 
 
-def kafka_records(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
-    return [
-        {"msg": r.getMessage(), "level": r.levelno, **r.fields}  # type: ignore[attr-defined]
-        for r in caplog.records
-        if r.getMessage() in ("librdkafka", "kafka client error")
-    ]
+def kafka_records(logged: LogRecords) -> list[dict[str, Any]]:
+    return logged.fields("librdkafka", "kafka client error")
 
 
-@pytest.fixture(autouse=True)
-def _capture(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG, logger="webhook_bridge")
+@pytest.fixture
+def logged() -> Iterator[LogRecords]:
+    with captured_logs() as records:
+        yield records
 
 
 def test_throttle_admits_the_first_and_counts_the_rest() -> None:
@@ -65,7 +64,7 @@ def test_throttle_admits_the_first_and_counts_the_rest() -> None:
 
 
 def test_repeated_librdkafka_lines_are_logged_once_per_interval_with_a_count(
-    caplog: pytest.LogCaptureFixture,
+    logged: LogRecords,
 ) -> None:
     clock = Clock()
     client_log = KafkaClientLog("producer", interval_s=10.0, clock=clock)
@@ -74,7 +73,7 @@ def test_repeated_librdkafka_lines_are_logged_once_per_interval_with_a_count(
             logging.ERROR, "%s [%s] %s", "FAIL", "rdkafka#producer-1", REFUSED.format(ms=ms)
         )
         client_log.log(logging.WARNING, "%s [%s] %s", "REQTMOUT", "rdkafka#producer-1", "timed out")
-    first = kafka_records(caplog)
+    first = kafka_records(logged)
     assert [(r["code"], r["level"]) for r in first] == [
         ("FAIL", logging.ERROR),
         ("REQTMOUT", logging.WARNING),
@@ -83,21 +82,21 @@ def test_repeated_librdkafka_lines_are_logged_once_per_interval_with_a_count(
     assert first[0]["detail"] == REFUSED.format(ms=0)  # the message itself, in full
     assert "repeated" not in first[0]
 
-    caplog.clear()
+    logged.clear()
     clock.now += 10.0
     client_log.log(logging.ERROR, "%s [%s] %s", "FAIL", "rdkafka#producer-1", REFUSED.format(ms=7))
-    [again] = kafka_records(caplog)
+    [again] = kafka_records(logged)
     assert (again["code"], again["repeated"]) == ("FAIL", 99)
 
-    caplog.clear()
+    logged.clear()
     client_log.flush()  # the REQTMOUT burst stopped: its count is still reported, once
-    [flushed] = kafka_records(caplog)
+    [flushed] = kafka_records(logged)
     assert (flushed["code"], flushed["repeated"]) == ("REQTMOUT", 99)
     client_log.flush()
-    assert [r for r in kafka_records(caplog) if r["code"] == "REQTMOUT"] == [flushed]
+    assert [r for r in kafka_records(logged) if r["code"] == "REQTMOUT"] == [flushed]
 
 
-def test_a_steady_stream_is_one_line_per_interval(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_steady_stream_is_one_line_per_interval(logged: LogRecords) -> None:
     """An outage of 60 s at 100 lines a second, flushed every second as the gateway's
     broker watch does: the first line, then one line per 10 s with its count."""
     clock = Clock()
@@ -109,19 +108,19 @@ def test_a_steady_stream_is_one_line_per_interval(caplog: pytest.LogCaptureFixtu
             )
         clock.now += 1.0
         client_log.flush()
-    records = kafka_records(caplog)
+    records = kafka_records(logged)
     assert [r.get("repeated", 0) for r in records] == [0, 999] + [1000] * 5
 
 
 def test_client_errors_are_throttled_and_fatal_ones_logged_as_errors(
-    caplog: pytest.LogCaptureFixture,
+    logged: LogRecords,
 ) -> None:
     seen: list[str] = []
     client_log = KafkaClientLog("producer", clock=Clock(), on_error=lambda e: seen.append(e.name()))
     for n in range(50):  # the counts in the text change; the kind does not
         client_log.error(KafkaError(KafkaError._ALL_BROKERS_DOWN, f"{n % 2}/2 brokers are down"))
     client_log.error(KafkaError(KafkaError._FATAL, "fenced", fatal=True))
-    records = kafka_records(caplog)
+    records = kafka_records(logged)
     assert [(r["code"], r["level"]) for r in records] == [
         ("_ALL_BROKERS_DOWN", logging.WARNING),
         ("_FATAL", logging.ERROR),
@@ -130,17 +129,17 @@ def test_client_errors_are_throttled_and_fatal_ones_logged_as_errors(
 
 
 def test_a_level_that_is_off_is_neither_logged_nor_counted(
-    caplog: pytest.LogCaptureFixture,
+    logged: LogRecords,
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="webhook_bridge")
+    logging.getLogger("webhook_bridge").setLevel(logging.WARNING)  # restored by the fixture
     client_log = KafkaClientLog("consumer", clock=Clock())
     client_log.log(logging.INFO, "%s [%s] %s", "CONFWARN", "rdkafka#consumer-1", "x")
-    assert kafka_records(caplog) == []
+    assert kafka_records(logged) == []
     assert client_log.throttle.expired() == []
 
 
 def test_a_real_client_that_cannot_connect_logs_a_line_per_kind(
-    caplog: pytest.LogCaptureFixture,
+    logged: LogRecords,
 ) -> None:
     calls: list[str] = []
     client_log = KafkaClientLog("producer", on_error=lambda e: calls.append(e.name()))
@@ -164,6 +163,6 @@ def test_a_real_client_that_cannot_connect_logs_a_line_per_kind(
     while time.monotonic() < deadline:
         producer.poll(0.05)
     assert len(calls) >= 10, calls  # librdkafka kept reporting the refused connection...
-    kinds = [(r["msg"], r["code"]) for r in kafka_records(caplog)]
-    assert len(kinds) == len(set(kinds)), [r["detail"] for r in kafka_records(caplog)]
+    kinds = [(r["msg"], r["code"]) for r in kafka_records(logged)]
+    assert len(kinds) == len(set(kinds)), [r["detail"] for r in kafka_records(logged)]
     assert ("librdkafka", "FAIL") in kinds
