@@ -81,8 +81,9 @@ class PublishError(BridgeError):
 
 class Publisher:
     # A broker that lost its state can also make the producer time out every message
-    # instead of raising a fatal error: after this many timeouts in a row with no
-    # acknowledgement for `STUCK_AFTER_S`, the producer is rebuilt as well.
+    # instead of raising a fatal error: after this many timeouts in a row, spread over
+    # `STUCK_AFTER_S` with the broker reachable all along and no acknowledgement, the
+    # producer is rebuilt as well. (Not "no ack for 10 s": an idle gateway has none.)
     STUCK_TIMEOUTS = 3
     STUCK_AFTER_S = 10.0
 
@@ -99,6 +100,8 @@ class Publisher:
         ] = []
         self._rebuild_requested = False
         self._timeouts_in_a_row = 0
+        self._stuck_since: float | None = None  # first timeout of the current run
+        self.clock: Callable[[], float] = time.monotonic
         self.rebuilds = 0
         self.last_ok = 0.0  # monotonic time of the last acknowledgement
         self.on_rebuild: list[Callable[[], None]] = []
@@ -146,7 +149,7 @@ class Publisher:
         if reachable == self.broker_reachable:
             return
         if reachable:
-            self.reachable_since = time.monotonic()
+            self.reachable_since = self.clock()
             logs.info("broker reachable", bootstrap=self._config.get("bootstrap.servers", ""))
         else:
             logs.warning("broker unreachable", bootstrap=self._config.get("bootstrap.servers", ""))
@@ -186,6 +189,7 @@ class Publisher:
         if future.done():
             return
         if not self.broker_reachable:  # not slow: away (the outage, not the deadline, is news)
+            self._timeouts_in_a_row, self._stuck_since = 0, None
             future.set_exception(PublishError("broker", f"broker unreachable for {deadline_s}s"))
             return
         future.set_exception(PublishError("timeout", f"no acknowledgement within {deadline_s}s"))
@@ -231,8 +235,8 @@ class Publisher:
             if future.done():
                 return
             if err is None:
-                self.last_ok = time.monotonic()
-                self._timeouts_in_a_row = 0
+                self.last_ok = self.clock()
+                self._timeouts_in_a_row, self._stuck_since = 0, None
                 future.set_result(None)
             else:
                 name = str(err.name())
@@ -250,15 +254,16 @@ class Publisher:
     def _note_timeout(self) -> None:
         """A timeout while the broker answers: a producer the broker no longer knows
         (it lost its state) may time out forever instead of failing fatally."""
+        now = self.clock()
+        if self._stuck_since is None or self.reachable_since > self._stuck_since:
+            self._timeouts_in_a_row, self._stuck_since = 0, now  # a new run
         self._timeouts_in_a_row += 1
-        now = time.monotonic()
         if (
             self._timeouts_in_a_row >= self.STUCK_TIMEOUTS
             and self.broker_reachable
-            and now - self.reachable_since > self.STUCK_AFTER_S
-            and now - self.last_ok > self.STUCK_AFTER_S
+            and now - self._stuck_since >= self.STUCK_AFTER_S
         ):
-            self._timeouts_in_a_row = 0
+            self._timeouts_in_a_row, self._stuck_since = 0, None
             logs.error("producer stuck while the broker answers, rebuilding")
             self._rebuild_requested = True
 

@@ -4,6 +4,7 @@ the producer's state (the embedded broker's restart), against real brokers."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -17,7 +18,7 @@ from confluent_kafka.admin import AdminClient
 
 from gateway.app import create_app
 from gateway.config import Settings
-from gateway.publisher import PRODUCER_DEFAULTS, delivery_reason
+from gateway.publisher import PRODUCER_DEFAULTS, Publisher, delivery_reason
 from gateway.samples import sample_body
 from gateway.topics import ensure_topics, implied_topics, names
 from gateway.verify import sign_request
@@ -44,6 +45,60 @@ G = "webhook_bridge_gateway"
 )
 def test_delivery_error_reasons(name: str, reason: str) -> None:
     assert delivery_reason(name) == reason
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def timeouts(publisher: Publisher, clock: Clock, seconds: float, every_s: float = 0.5) -> None:
+    for _ in range(int(seconds / every_s)):
+        clock.now += every_s
+        publisher._note_timeout()
+
+
+def test_only_a_lasting_run_of_timeouts_with_the_broker_answering_rebuilds() -> None:
+    """The stuck-producer rule (a broker that lost the producer's state may time it out
+    forever): never for a brief slowdown of an idle gateway, nor across an outage."""
+    publisher = Publisher({"bootstrap.servers": "127.0.0.1:9"})
+    clock = Clock()
+    publisher.clock = clock
+    publisher.set_reachable(True)
+    publisher.last_ok = 0.0  # idle for long: no acknowledgement in the last 10 s either
+    timeouts(publisher, clock, 3.0)
+    assert not publisher._rebuild_requested, "a 3 s slowdown rebuilt the producer"
+
+    loop = asyncio.new_event_loop()
+    try:  # an acknowledgement ends the run
+        publisher._reporter(loop.create_future(), set())(None, None)
+    finally:
+        loop.close()
+    clock.now += 60  # quiet again; then 8 s of timeouts, the broker away, 8 s more
+    timeouts(publisher, clock, 8.0)
+    publisher.set_reachable(False)
+    clock.now += 5
+    publisher.set_reachable(True)
+    timeouts(publisher, clock, 8.0)
+    assert not publisher._rebuild_requested, "a run across an outage rebuilt the producer"
+
+    timeouts(publisher, clock, 2.5)  # now 10 s of timeouts while the broker answers
+    assert publisher._rebuild_requested
+
+
+def test_timeouts_with_no_acknowledgement_in_between_are_one_run() -> None:
+    """At low traffic a stuck producer fails every request, however far apart."""
+    publisher = Publisher({"bootstrap.servers": "127.0.0.1:9"})
+    clock = Clock()
+    publisher.clock = clock
+    publisher.set_reachable(True)
+    for _ in range(3):
+        clock.now += 6
+        publisher._note_timeout()
+    assert publisher._rebuild_requested
 
 
 def test_the_producer_asks_for_no_topic_creation() -> None:
