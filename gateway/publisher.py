@@ -22,9 +22,10 @@ ever sent after the broker acknowledged. A failure says what happened (`REASONS`
 A broker that is merely away is waited for: librdkafka keeps the idempotent
 producer's state and resumes once the broker is back (Apache Kafka keeps it across
 a restart too). Only a fatal producer error (for example UNKNOWN_PRODUCER_ID after
-the broker lost its state), or a broker that answers while the producer has had
-no acknowledgement for `STUCK_AFTER_S`, replaces the producer and fails what it
-still held; later requests use the new one, without a process restart.
+the broker lost its state), or a run of timeouts over `STUCK_AFTER_S` with no
+acknowledgement while the broker answered all along, replaces the producer and
+fails what it still held; later requests use the new one, without a process
+restart.
 
 A background thread (`BrokerWatch`) asks the broker for one watched topic's
 metadata every `PROBE_INTERVAL_S`, in turn: whether the broker answers
