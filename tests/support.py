@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
@@ -65,6 +66,42 @@ scheme = "justwallet"
 secrets = ["JUSTWALLET_WEBHOOK_SECRET"]
 {extra}
 """
+
+
+class LogRecords(logging.Handler):
+    """Every record of the `webhook_bridge` loggers, also once `logs.setup()` stopped them
+    propagating to the root logger (where pytest's caplog listens)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def fields(self, *messages: str) -> list[dict[str, Any]]:
+        """msg, level and the structured fields of the records with one of `messages`."""
+        return [
+            {"msg": r.getMessage(), "level": r.levelno, **getattr(r, "fields", {})}
+            for r in self.records
+            if r.getMessage() in messages
+        ]
+
+    def clear(self) -> None:
+        self.records.clear()
+
+
+@contextmanager
+def captured_logs(level: int = logging.DEBUG) -> Iterator[LogRecords]:
+    logger = logging.getLogger("webhook_bridge")
+    handler, previous = LogRecords(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
 
 
 def free_port() -> int:

@@ -238,7 +238,7 @@ def test_metrics_record_outcomes_and_matched_key(gateway: Gateway) -> None:
     assert gateway.post("fintoc", body, gateway.signed("fintoc", body)).status_code == 200
     metrics = httpx.get(f"{gateway.url}/metrics").text
     assert (
-        'webhook_bridge_gateway_verified_total{key_id="FINTOC_WEBHOOK_SECRET",mode="",'
+        'webhook_bridge_gateway_verified_total{key_id="FINTOC_WEBHOOK_SECRET",mode="default",'
         'scheme="fintoc",source="fintoc"}'
     ) in metrics
     assert "webhook_bridge_gateway_publish_duration_seconds_bucket" in metrics
