@@ -29,7 +29,14 @@ from starlette.types import Receive, Scope, Send
 from gateway import logs
 from gateway.config import Settings, SourceSettings
 from gateway.errors import VerificationError
-from gateway.metrics import NO_MODE, GatewayMetrics, broker_reachable_gauge, verified_labels
+from gateway.metrics import (
+    NO_MODE,
+    GatewayMetrics,
+    broker_reachable_gauge,
+    multiprocess_dir,
+    multiprocess_registry,
+    verified_labels,
+)
 from gateway.normalize import normalize
 from gateway.publisher import Publisher, PublishError
 from gateway.sources import build_verifiers
@@ -312,6 +319,12 @@ class WebhookEndpoint:
         return self._answer("unavailable", [(b"retry-after", RETRY_AFTER_S.encode())])
 
 
+async def _every(interval_s: float, action: Callable[[], None]) -> None:
+    while True:
+        await asyncio.sleep(interval_s)
+        action()
+
+
 def registry_topics(settings: Settings) -> list[str]:
     """The topics the gateway writes, each with its subject ``<topic>-value`` in registry mode."""
     topic_names = names(settings)
@@ -339,9 +352,18 @@ def create_app(
     publisher = publisher or Publisher(settings.producer_config(), registry_topics(settings))
     serializer = serializer or EnvelopeSerializer(settings.bridge.schema_registry_url)
     endpoint = WebhookEndpoint(settings, verifiers, publisher, serializer, metrics)
+    reachable = broker_reachable_gauge(registry, "gateway", lambda: publisher.broker_reachable)
+
+    def refresh_gauges() -> None:
+        """The gauges read from the publisher. One process reads them at each scrape; the
+        workers of `--workers N` also write them every second for the others' scrapes."""
+        metrics.queue.set(publisher.queue_depth())
+        metrics.missing_topics.set(len(publisher.missing_topics))
+        reachable.labels("gateway").set(float(publisher.broker_reachable))
+
     metrics.queue.set_function(publisher.queue_depth)
     metrics.missing_topics.set_function(lambda: len(publisher.missing_topics))
-    broker_reachable_gauge(registry, "gateway", lambda: publisher.broker_reachable)
+    workers = multiprocess_dir() is not None
     publisher.on_rebuild.append(metrics.rebuilds.inc)
 
     @asynccontextmanager
@@ -358,9 +380,12 @@ def create_app(
             sources=",".join(settings.sources),
             bootstrap=settings.kafka.get("bootstrap.servers", ""),
         )
+        refresher = asyncio.create_task(_every(1.0, refresh_gauges)) if workers else None
         try:
             yield
         finally:
+            if refresher is not None:
+                refresher.cancel()
             # On the loop thread: flushing serves the last delivery reports.
             left = publisher.close(settings.gateway.drain_timeout_s)
             logs.info("gateway stopped", unflushed=left)
@@ -375,7 +400,10 @@ def create_app(
         return JSONResponse({"status": "broker unreachable"}, status_code=503)
 
     async def metrics_endpoint(_request: Request) -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        if not workers:
+            return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        refresh_gauges()
+        return Response(generate_latest(multiprocess_registry()), media_type=CONTENT_TYPE_LATEST)
 
     methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
     routes = [

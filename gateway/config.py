@@ -65,6 +65,7 @@ class GatewaySettings:
     header_timeout_s: float = 10.0  # a request head not received by then closes the connection
     max_header_bytes: int = 16_384  # a larger request head (line + headers) is answered 431
     max_headers: int = 100  # more header fields are answered 431
+    workers: int = 1  # processes serving one port (`gateway --workers N`), each with a producer
 
 
 @dataclass(frozen=True)
@@ -342,6 +343,7 @@ def _check_values(s: Settings) -> None:
     for key, value in (
         ("topics.partitions", s.topics.partitions),
         ("topics.replication_factor", s.topics.replication_factor),
+        ("gateway.workers", s.gateway.workers),
         ("compactor.max_batch", s.compactor.max_batch),
         ("reorderer.max_batch", s.reorderer.max_batch),
         ("compactor.commit_interval_ms", s.compactor.commit_interval_ms),

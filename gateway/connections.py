@@ -167,3 +167,15 @@ def guarded_protocol(settings: GatewaySettings) -> type[GuardedHttpToolsProtocol
             "max_headers": settings.max_headers,
         },
     )
+
+
+class WorkerHttpProtocol(GuardedHttpToolsProtocol):
+    """The protocol of `gateway --workers N`: uvicorn starts each worker afresh and imports
+    its protocol by name, so the limits are set on this class by the worker's app factory
+    (`gateway.server.worker_app`), before the first connection."""
+
+
+def configure_worker_protocol(settings: GatewaySettings) -> None:
+    WorkerHttpProtocol.header_timeout_s = settings.header_timeout_s
+    WorkerHttpProtocol.max_header_bytes = settings.max_header_bytes
+    WorkerHttpProtocol.max_headers = settings.max_headers

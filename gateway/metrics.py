@@ -9,6 +9,7 @@ verifier can report), so every series exists from the first scrape.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -50,6 +51,24 @@ def latency_buckets(deadlines: Iterable[float]) -> tuple[float, ...]:
     return tuple(sorted({*LATENCY_BUCKETS, *extra}))
 
 
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's multiprocess mode
+
+
+def multiprocess_dir() -> str | None:
+    """The folder the workers of `webhook-bridge gateway --workers N` share their metrics
+    in (set by the parent before it starts them), or None for one process."""
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
+def multiprocess_registry() -> CollectorRegistry:
+    """Every worker's series, added up as each metric's `multiprocess_mode` says."""
+    from prometheus_client import multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return registry
+
+
 def broker_reachable_gauge(
     registry: CollectorRegistry, process: str, reachable: Callable[[], bool]
 ) -> Gauge:
@@ -60,6 +79,7 @@ def broker_reachable_gauge(
         "1 while this process reaches a Kafka broker (background metadata probe), else 0",
         ["process"],
         registry=registry,
+        multiprocess_mode="livemin",  # gateway workers: 0 when any of them lost the broker
     )
     gauge.labels(process).set_function(lambda: float(reachable()))
     return gauge
@@ -144,16 +164,25 @@ class GatewayMetrics:
             buckets=buckets,
             registry=registry,
         )
+        # multiprocess_mode: how `webhook-bridge gateway --workers N` adds up its workers
         self.deadline = Gauge(
-            f"{ns}_deadline_seconds", "Configured publish deadline", ["source"], registry=registry
+            f"{ns}_deadline_seconds",
+            "Configured publish deadline",
+            ["source"],
+            registry=registry,
+            multiprocess_mode="livemax",
         )
         self.in_flight = Gauge(
-            f"{ns}_in_flight_requests", "Webhook requests being handled", registry=registry
+            f"{ns}_in_flight_requests",
+            "Webhook requests being handled",
+            registry=registry,
+            multiprocess_mode="livesum",
         )
         self.queue = Gauge(
             f"{ns}_producer_queue_messages",
             "Messages waiting in the producer for an acknowledgement",
             registry=registry,
+            multiprocess_mode="livesum",
         )
         self.delivery_errors = Counter(
             f"{ns}_delivery_errors",
@@ -171,6 +200,7 @@ class GatewayMetrics:
             "Topics the gateway writes that the broker does not have (publishes to them "
             "answer 503); topics are never auto-created",
             registry=registry,
+            multiprocess_mode="livemax",
         )
         self.body_size = Histogram(
             f"{ns}_body_size_bytes",
