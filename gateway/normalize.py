@@ -28,37 +28,17 @@ import orjson
 from gateway.config import SourceSettings
 from gateway.selectors import Selector
 from gateway.verify.base import VerifiedRequest
-from schemas.envelope import Envelope, Verification
-
-# Request headers kept in the envelope. Never Authorization, cookies or signatures.
-HEADER_ALLOW_LIST = frozenset(
-    {
-        "content-type",
-        "user-agent",
-        "x-request-id",
-        "webhook-id",
-        "webhook-timestamp",
-        "svix-id",
-        "svix-timestamp",
-        "x-github-event",
-        "x-github-delivery",
-        "x-github-hook-id",
-        "x-shopify-topic",
-        "x-shopify-webhook-id",
-        "x-shopify-event-id",
-        "x-shopify-shop-domain",
-        "x-shopify-api-version",
-        "x-slack-request-timestamp",
-        "x-slack-retry-num",
-        "x-slack-retry-reason",
-        "key-id",
-    }
+from schemas.envelope import (
+    HEADER_ALLOW_LIST,
+    MAX_HEADER_VALUE,
+    MAX_ID_LENGTH,
+    MAX_KEY_LENGTH,
+    MAX_TYPE_LENGTH,
+    Envelope,
+    Verification,
 )
+
 FIELDS = ("id", "type", "occurred_at", "ordering_key")  # the fields selectors fill
-MAX_HEADER_VALUE = 1024
-MAX_ID_LENGTH = 256
-MAX_TYPE_LENGTH = 256
-MAX_KEY_LENGTH = 512
 _MIN_US = 0
 _MAX_US = 7_258_118_400_000_000  # 2200-01-01
 _FRACTION = re.compile(r"(\.\d{1,6})\d*")

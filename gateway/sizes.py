@@ -29,17 +29,57 @@ the producers' and topics' values from it (docs/pipeline.md "Record size").
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
-from gateway.config import Settings
-from gateway.normalize import (
+from schemas.envelope import (
     HEADER_ALLOW_LIST,
     MAX_HEADER_VALUE,
     MAX_ID_LENGTH,
     MAX_KEY_LENGTH,
     MAX_TYPE_LENGTH,
 )
+
+
+# What these functions read of a configuration (`gateway.config.Settings` has it all;
+# described here so that the config, which calls them, is not imported back).
+class _Selector(Protocol):
+    @property
+    def text(self) -> str: ...
+
+
+class _Selectors(Protocol):
+    @property
+    def type(self) -> _Selector | None: ...
+
+
+class _Source(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def provider(self) -> str: ...
+    @property
+    def scheme(self) -> str: ...
+    @property
+    def body_limit(self) -> int: ...
+    @property
+    def key_ids(self) -> tuple[str, ...]: ...
+    @property
+    def selectors(self) -> _Selectors: ...
+
+
+class _Gateway(Protocol):
+    @property
+    def body_limit(self) -> int: ...
+
+
+class Settings(Protocol):
+    @property
+    def sources(self) -> Mapping[str, _Source]: ...
+    @property
+    def gateway(self) -> _Gateway: ...
+
 
 FRAMING = 10
 LENGTH_PREFIX = 5  # Avro varint length of a string or bytes (and of a map block)

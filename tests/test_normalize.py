@@ -8,19 +8,18 @@ from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from gateway.normalize import (
+from gateway.normalize import body_hash, normalize, parse_time
+from gateway.sizes import BATCH_HEADER, PER_HEADER, RECORD_FIELDS, STAGE_HEADERS, record_limits
+from gateway.verify.base import InboundRequest, VerifiedRequest
+from schemas.envelope import (
     HEADER_ALLOW_LIST,
     MAX_HEADER_VALUE,
     MAX_ID_LENGTH,
     MAX_KEY_LENGTH,
     MAX_TYPE_LENGTH,
-    body_hash,
-    normalize,
-    parse_time,
+    Envelope,
+    Verification,
 )
-from gateway.sizes import BATCH_HEADER, PER_HEADER, RECORD_FIELDS, STAGE_HEADERS, record_limits
-from gateway.verify.base import InboundRequest, VerifiedRequest
-from schemas.envelope import Envelope, Verification
 from schemas.records import ce_headers
 from schemas.serde import EnvelopeDeserializer, EnvelopeSerializer
 from tests.support import gateway_toml, settings_from_toml
