@@ -87,6 +87,7 @@ METRIC_CATALOGUE = frozenset(
         "webhook_bridge_fanout_event_age_seconds",
         "webhook_bridge_fanout_in_flight",
         "webhook_bridge_fanout_breaker_open",
+        "webhook_bridge_broker_reachable",
     }
 )
 
@@ -201,10 +202,16 @@ def code_metrics() -> Mapping[str, CodeMetric]:
     from prometheus_client import CollectorRegistry
 
     from consumers.fanout.metrics import FanoutMetrics
-    from consumers.metrics import CompactorMetrics, ReordererMetrics, StageMetrics
+    from consumers.metrics import (
+        CompactorMetrics,
+        ReordererMetrics,
+        StageMetrics,
+        broker_reachable,
+    )
     from gateway.metrics import GatewayMetrics
 
     registry = CollectorRegistry()
+    broker_reachable(registry, "process")
     gateway = GatewayMetrics([("source", 1.0)], registry)
     gateway.verified.labels("source", "scheme", "key_id", "mode")  # created on first use
     StageMetrics("stage", ["provider"], registry)
@@ -301,7 +308,7 @@ def label_domains(settings: Settings) -> dict[str, dict[str, frozenset[str]]]:
     """
     from consumers import compactor, reorderer
     from consumers.fanout.metrics import DLQ_REASONS
-    from consumers.metrics import QUARANTINE_REASONS
+    from consumers.metrics import PROCESSES, QUARANTINE_REASONS
     from gateway.app import ANSWERS
     from gateway.metrics import DELIVERY_ERRORS, OUTCOMES, UNKNOWN_SOURCE
     from gateway.normalize import FIELDS
@@ -362,6 +369,8 @@ def label_domains(settings: Settings) -> dict[str, dict[str, frozenset[str]]]:
         f"{f}_in_flight": by_sink,
         f"{f}_consumer_lag_messages": by_sink,
         f"{f}_breaker_open": by_sink,
+        # the gateway exposes the same gauge with process="gateway"
+        "webhook_bridge_broker_reachable": {"process": frozenset({"gateway", *PROCESSES})},
         UP: {"component": scrape_components()},
     }
 

@@ -37,11 +37,16 @@ class RestoreInterrupted(BridgeError):
 
 class ChangelogReader:
     def __init__(
-        self, consumer_config: dict[str, Any], instance_id: str, should_stop: Callable[[], bool]
+        self,
+        consumer_config: dict[str, Any],
+        instance_id: str,
+        should_stop: Callable[[], bool],
+        alive: Callable[[], None] = lambda: None,
     ) -> None:
         self._config = consumer_config
         self._barrier_key = BARRIER_PREFIX + instance_id.encode()
         self._should_stop = should_stop
+        self._alive = alive  # called while waiting: a restore is progress, not a stall
         self._consumer: Any = None
 
     def replay(
@@ -105,6 +110,7 @@ class ChangelogReader:
             while pending:
                 if self._should_stop():
                     raise RestoreInterrupted("shutdown during restore")
+                self._alive()
                 for msg in consumer.consume(10_000, 0.05):
                     if msg.error() is not None:
                         continue
