@@ -49,6 +49,9 @@ PROMETHEUS_CONFIG = PROMETHEUS_DIR / "prometheus.yml"
 GRAFANA_DIR = DEPLOY / "grafana"
 DASHBOARD_FILE = GRAFANA_DIR / "dashboards" / "webhook-bridge.json"
 DEMO_CONFIG = DEPLOY / "demo.toml"
+OPERATIONS_DOC = ROOT / "docs" / "operations.md"
+# Where alerts.yml points runbook_url (an anchor per alert); `your-org` is replaced on deploy.
+RUNBOOK_BASE = "https://github.com/your-org/webhook-bridge/blob/main/docs/operations.md"
 
 # The metric catalogue the processes promise (README "Metrics"); histograms by base name.
 METRIC_CATALOGUE = frozenset(
@@ -124,6 +127,24 @@ def alert_rules() -> list[dict[str, Any]]:
     """Every rule of deploy/prometheus/alerts.yml, in file order."""
     groups = load_yaml(ALERTS_FILE)["groups"]
     return [rule for group in groups for rule in group["rules"]]
+
+
+def runbook_sections() -> dict[str, str]:
+    """docs/operations.md: {"## " heading: its text up to the next "## " heading}."""
+    sections: dict[str, str] = {}
+    heading: str | None = None
+    for line in OPERATIONS_DOC.read_text(encoding="utf-8").splitlines():
+        if line.startswith("## "):
+            heading = line[3:].strip()
+            sections[heading] = ""
+        elif heading is not None:
+            sections[heading] += line + "\n"
+    return sections
+
+
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a Markdown heading (lower case, punctuation dropped)."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
 
 
 def iter_panels(dashboard: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
