@@ -34,12 +34,12 @@ from tests.deploy_support import (
     K8S_DIR,
     alert_rules,
     allowed_values,
-    runbook_sections,
     dummy_env,
     label_domains,
     load_yaml,
     load_yaml_docs,
     metric_names_in,
+    runbook_sections,
 )
 
 COMMAND_RE = re.compile(r"`(webhook-bridge\b[^`]*)`")
