@@ -285,36 +285,29 @@ def test_alerts_clear_within_five_minutes_after_the_cause_stops(
         {"series": unauthorized, "values": "0+600x20 12000x15"},
         {"series": requests, "values": "0+600x35"},
     ]
-    tests = {
-        "rule_files": [str(ALERTS_FILE)],
-        "evaluation_interval": "1m",
-        "tests": [
-            {
-                "interval": "1m",
-                "input_series": series,
-                "alert_rule_test": [
-                    {"eval_time": f"{minute}m", "alertname": name, "exp_alerts": []}
-                    for name in (
-                        "WebhookBridgeDeadLetters",
-                        "WebhookBridgeVerificationFailureSpike",
-                    )
-                    for minute in (25, 30)
-                ],
-            }
-        ],
-    }
-    path = tmp_path / "clearing_test.yml"
-    path.write_text(yaml.safe_dump(tests))
-    result = run(promtool, "test", "rules", str(path))
+    names = ("WebhookBridgeDeadLetters", "WebhookBridgeVerificationFailureSpike")
+
+    def promtool_test(minutes: tuple[int, ...]) -> subprocess.CompletedProcess[str]:
+        """Expect no alert of `names` at each of `minutes`."""
+        checks = [
+            {"eval_time": f"{minute}m", "alertname": name, "exp_alerts": []}
+            for name in names
+            for minute in minutes
+        ]
+        tests = {
+            "rule_files": [str(ALERTS_FILE)],
+            "evaluation_interval": "1m",
+            "tests": [{"interval": "1m", "input_series": series, "alert_rule_test": checks}],
+        }
+        path = tmp_path / "clearing_test.yml"
+        path.write_text(yaml.safe_dump(tests))
+        return run(promtool, "test", "rules", str(path))
+
+    result = promtool_test((25, 30))
     assert result.returncode == 0, result.stdout + result.stderr
     # The same series while the cause lasts: both alerts are active (a wrong series name
     # would make the check above pass vacuously).
-    tests["tests"][0]["alert_rule_test"] = [
-        {"eval_time": "19m", "alertname": name, "exp_alerts": []}
-        for name in ("WebhookBridgeDeadLetters", "WebhookBridgeVerificationFailureSpike")
-    ]
-    path.write_text(yaml.safe_dump(tests))
-    result = run(promtool, "test", "rules", str(path))
+    result = promtool_test((19,))
     assert result.returncode != 0
-    for name in ("WebhookBridgeDeadLetters", "WebhookBridgeVerificationFailureSpike"):
+    for name in names:
         assert f"alertname: {name}" in result.stdout + result.stderr, result.stdout
