@@ -42,7 +42,9 @@ class ChangelogReader:
         instance_id: str,
         should_stop: Callable[[], bool],
         alive: Callable[[], None] = lambda: None,
+        call_timeout_s: float = 30.0,
     ) -> None:
+        self._call_timeout_s = call_timeout_s
         self._config = consumer_config
         self._barrier_key = BARRIER_PREFIX + instance_id.encode()
         self._should_stop = should_stop
@@ -77,8 +79,8 @@ class ChangelogReader:
                 partition=partition,
                 on_delivery=delivered,
             )
-        producer.flush(30.0)
-        producer.commit_transaction(30.0)
+        producer.flush(self._call_timeout_s)
+        producer.commit_transaction(self._call_timeout_s)
         starts = dict(starts)
         for where, offset in list(starts.items()):
             if where in barriers and offset > barriers[where]:

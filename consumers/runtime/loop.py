@@ -190,6 +190,7 @@ class StageLoop:
             settings.instance_id,
             lambda: self._stop,
             health.tick,
+            settings.call_timeout_s,
         )
 
     # ------------------------------------------------------------------ control
