@@ -50,6 +50,7 @@ one does.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -73,6 +74,35 @@ def call_timeout_s(producer_config: dict[str, Any]) -> float:
 
 class StageError(BridgeError):
     """The stage cannot go on (for example its transactional producer cannot start)."""
+
+
+class ProducerStuck(StageError):
+    """A producer call outlived its own timeout; the producer is abandoned, not reused."""
+
+
+def bounded_call(call: Callable[[], None], timeout_s: float, what: str) -> None:
+    """`call()` on a helper thread; ProducerStuck if it has not returned after `timeout_s`.
+
+    For send_offsets_to_transaction, which can block forever, past its timeout, after
+    the group coordinator was unreachable (librdkafka issue 5456, still open in 2.16):
+    the loop must not hang with it. The stuck thread is left behind with its producer.
+    """
+    done = threading.Event()
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as exc:  # handed to the caller's thread
+            failure.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name=what, daemon=True).start()
+    if not done.wait(timeout_s):
+        raise ProducerStuck(f"{what} did not return within {timeout_s:.0f}s")
+    if failure:
+        raise failure[0]
 
 
 class Replay(Protocol):
@@ -180,6 +210,7 @@ class StageLoop:
         self._assigned: list[TopicPartitionKey] = []
         self._recover = False
         self._producer: Any = None
+        self._producer_stuck = False  # a bounded_call gave up on it: never call it again
         self._consumer: Any = None
         self._reader = ChangelogReader(
             {
@@ -330,11 +361,19 @@ class StageLoop:
             self._produce(topic, key, value, None, partition)
         # Step 6: input positions, in the transaction.
         if txn.positions:
-            producer.send_offsets_to_transaction(
-                [TopicPartition(t, p, o) for (t, p), o in txn.positions.items()],
-                self._consumer.consumer_group_metadata(),
-                self.s.call_timeout_s,
-            )
+            offsets = [TopicPartition(t, p, o) for (t, p), o in txn.positions.items()]
+            metadata = self._consumer.consumer_group_metadata()
+            try:
+                bounded_call(
+                    lambda: producer.send_offsets_to_transaction(
+                        offsets, metadata, self.s.call_timeout_s
+                    ),
+                    self.s.call_timeout_s * 2,
+                    "send_offsets_to_transaction",
+                )
+            except ProducerStuck:
+                self._producer_stuck = True
+                raise
         self._flush()  # changelog acks: their offsets become the local checkpoints
         # Step 7: commit.
         producer.commit_transaction(self.s.call_timeout_s)
@@ -465,6 +504,9 @@ class StageLoop:
         self._recover = True
 
     def _abort(self) -> None:
+        if self._producer_stuck:
+            self._rebuild_producer()
+            return
         if not self._txn.open:
             return
         self.metrics.aborted.labels(self.s.stage).inc()
@@ -486,8 +528,13 @@ class StageLoop:
         self._txn = _Txn()
         self._delivery_error = None
         old, self._producer = self._producer, None
-        if old is not None:
+        if old is not None and not self._producer_stuck:
             old.purge()
+        elif old is not None:
+            # A call is still running inside it: use it no more, not even to abort; the
+            # new producer's init_transactions fences it and aborts its transaction.
+            logs.warning("abandoning a stuck producer", stage=self.s.stage)
+        self._producer_stuck = False
         self._producer = self._new_producer()
 
     def _recover_all(self) -> None:

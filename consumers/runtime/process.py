@@ -8,6 +8,7 @@ example ``BRIDGE_COMPACTOR_INSTANCE_ID``, ``BRIDGE_REORDERER_METRICS_PORT``).
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import signal
 from collections.abc import Callable
 from typing import Any
@@ -115,6 +116,8 @@ def run_stage(args: argparse.Namespace, stage: str, build: Callable[[Any, str, A
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    # `kill -USR1 <pid>`: every thread's stack to stderr, for a process that seems stuck.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         return loop.run()
     finally:
