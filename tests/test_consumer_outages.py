@@ -35,7 +35,7 @@ from typing import Any
 import pytest
 
 from gateway.broker import free_port
-from gateway.topics import names
+from gateway.topics import TopicSpec, ensure_topics, names
 from tests.conftest import KafkaCluster, OwnBroker
 from tests.consumer_support import (
     RawProducer,
@@ -265,15 +265,21 @@ def test_broker_outage_is_waited_out_reported_and_alerted(
         pytest.fail("this test needs Apache Kafka (the embedded broker forgets everything)")
     prefix = unique_name("outage")
     receiver = ScriptedReceiver(secret=SECRET).start()
+    copy_topic = f"{prefix}-copy"
     extra = (
         '[kafka.producer]\n"transaction.timeout.ms" = "10000"\n'
-        '[kafka.consumer]\n"max.poll.interval.ms" = "15000"\n' + sink_config(receiver.url("events"))
+        '[kafka.consumer]\n"max.poll.interval.ms" = "15000"\n'
+        + sink_config(receiver.url("events"))
+        # a kafka sink too: its transactional producer must ride out the outage as well
+        + f'[sinks.copy]\ntype = "kafka"\ntopic = "{copy_topic}"\n'
+        + "[sinks.copy.retry]\nmax_attempts = 100000\nmax_backoff_s = 0.5\n"
     )
     # A reorder window long enough that events sent just before the kill are still held:
     # the reorderer then releases them during the outage, in a transaction that must fail.
     config = write_config(tmp_path, fresh_broker.bootstrap, prefix, window_s=8.0, extra=extra)
     settings = load_settings(config)
     create_topics(settings)
+    ensure_topics(settings.admin_config(), [TopicSpec(copy_topic, 3, 1)])
     raw = names(settings).raw("acme")
     processes = {name: Process(name, config, tmp_path / f"{name}.log") for name in CONSUMERS}
     sent: list[str] = []
@@ -376,6 +382,11 @@ def test_broker_outage_is_waited_out_reported_and_alerted(
                 raise AssertionError(
                     f"{exc}: {where_are(set(sent) - delivered())}; stacks: {stacks}"
                 ) from exc
+            copied = {
+                r.event_id
+                for r in read_topic(fresh_broker.bootstrap, copy_topic, expect=len(set(sent)))
+            }
+            assert copied >= set(sent), f"kafka sink: {len(set(sent) - copied)} missing"
             prometheus.wait_for(
                 lambda: not prometheus.alerts("WebhookBridgeBrokerUnreachable"),
                 30,

@@ -61,12 +61,14 @@ import asyncio
 import contextlib
 import re
 import string
+import time
 from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
+from consumers.runtime.loop import ProducerStuck, bounded_call
 from consumers.sinks.base import DeliveryResult, Event, Sink, SinkContext, SinkError
 from gateway import logs
 from gateway.config import SinkSettings
@@ -78,7 +80,6 @@ MAX_TOPIC_CHARS = 249
 _ILLEGAL = re.compile(r"[^a-zA-Z0-9._-]")
 POLL_S = 0.001  # how often delivery reports are served while a deliver() waits for one
 MAX_REFUSED = 10_000  # refused records remembered for a rewind (source coordinates)
-TXN_TIMEOUT_S = 30.0
 
 # librdkafka codes for "the destination will not take this record as it is".
 _REFUSED_NAMES = (
@@ -157,6 +158,9 @@ class KafkaSink(Sink):
             "acks": "all",
             "linger.ms": 5,
         }
+        # Each transactional call waits at most half the transaction timeout (librdkafka's
+        # default 60 s): a broker that is away costs a retry, never a stuck loop.
+        self._call_s = float(self._config.get("transaction.timeout.ms", 60_000)) / 2000
         self._refused_codes = frozenset(getattr(KafkaError, n) for n in _REFUSED_NAMES)
         self._content_codes = frozenset(getattr(KafkaError, n) for n in _CONTENT_REFUSED_NAMES)
         self._producer = self._new_producer()
@@ -173,9 +177,29 @@ class KafkaSink(Sink):
         self._others_may_produce.set()
 
     def _new_producer(self) -> Any:
+        """A producer whose transactions are initialised: while Kafka is away this waits,
+        with a log line per attempt, however long it takes (a fan-out rides out an
+        outage); only a fatal error (another producer took the transactional.id) stops."""
         producer = Producer(self._config)
-        producer.init_transactions(TXN_TIMEOUT_S)
-        return producer
+        waited = 0.0
+        while True:
+            try:
+                producer.init_transactions(self._call_s)
+                return producer
+            except KafkaException as exc:
+                error = exc.args[0]
+                if error.fatal():
+                    raise SinkError(
+                        f"sink {self.name}: cannot initialise transactions: {error.str()}"
+                    ) from None
+                waited += self._call_s
+                logs.warning(
+                    "sink waiting for Kafka to initialise its transactions",
+                    sink=self.name,
+                    waited_s=round(waited),
+                    error=error.str(),
+                )
+                time.sleep(1.0)
 
     @classmethod
     def validate(cls, settings: SinkSettings, env: Mapping[str, str]) -> None:
@@ -306,8 +330,16 @@ class KafkaSink(Sink):
                 self._producer.begin_transaction()
                 self._in_txn = True
             if offsets:
-                self._producer.send_offsets_to_transaction(offsets, group_metadata, TXN_TIMEOUT_S)
-            self._producer.commit_transaction(TXN_TIMEOUT_S)
+                producer = self._producer
+                # can block forever after a coordinator outage (librdkafka 5456): bounded
+                bounded_call(
+                    lambda: producer.send_offsets_to_transaction(
+                        offsets, group_metadata, self._call_s
+                    ),
+                    2 * self._call_s,
+                    "send_offsets_to_transaction",
+                )
+            self._producer.commit_transaction(self._call_s)
             self._in_txn = False
             self._transactions += 1
         except KafkaException as exc:
@@ -316,6 +348,11 @@ class KafkaSink(Sink):
             raise TransactionAborted(
                 f"sink {self.name}: transaction aborted: {error.str()}", error
             ) from None
+        except ProducerStuck as exc:  # abandoned: a new producer fences it and its txn
+            logs.warning("replacing a stuck producer", sink=self.name, error=str(exc))
+            self._replace_producer()
+            error = KafkaError(KafkaError._TIMED_OUT, str(exc))
+            raise TransactionAborted(f"sink {self.name}: {exc}", error) from None
 
     def _abort(self, error: Any) -> None:
         """Drop the open transaction after `error`; SinkError if the producer is done for."""
@@ -323,7 +360,7 @@ class KafkaSink(Sink):
             raise SinkError(f"sink {self.name}: transaction failed: {error.str()}") from None
         try:
             if self._in_txn:
-                self._producer.abort_transaction(TXN_TIMEOUT_S)
+                self._producer.abort_transaction(self._call_s)
         except KafkaException as exc:
             if exc.args[0].fatal():
                 raise SinkError(
@@ -332,16 +369,18 @@ class KafkaSink(Sink):
             # Not abortable in its state (e.g. a commit that timed out can only be
             # retried): a new producer with the same transactional.id aborts it.
             logs.warning("replacing the producer", sink=self.name, error=exc.args[0].str())
-            try:
-                producer = self._new_producer()
-            except KafkaException as exc2:
-                raise SinkError(
-                    f"sink {self.name}: new producer failed: {exc2.args[0].str()}"
-                ) from None
-            for report in self._waiting:  # the old producer will not report them
-                if not report.done():
-                    report.set_result(KafkaError(KafkaError._PURGE_QUEUE))
-            self._producer = producer
+            self._replace_producer()
+        self._in_txn = False
+        self._transactions += 1
+
+    def _replace_producer(self) -> None:
+        """A new producer with the same transactional.id: it aborts the old one's open
+        transaction and fences the old producer."""
+        producer = self._new_producer()
+        for report in self._waiting:  # the old producer will not report them
+            if not report.done():
+                report.set_result(KafkaError(KafkaError._PURGE_QUEUE))
+        self._producer = producer
         self._in_txn = False
         self._transactions += 1
 
