@@ -544,7 +544,10 @@ def test_demo_receiver_option_is_validated_with_the_http_sink() -> None:
     from tests.support import settings_from_toml
 
     def sink(options: str) -> config_module.SinkSettings:
-        text = f'[sinks.s]\ntype = "http"\nsecret = "DEMO_RECEIVER_SECRET"\n{options}\n'
+        text = (
+            '[kafka]\n"bootstrap.servers" = "127.0.0.1:9092"\n'
+            f'[sinks.s]\ntype = "http"\nsecret = "DEMO_RECEIVER_SECRET"\n{options}\n'
+        )
         return settings_from_toml(text).sinks["s"]
 
     ok = sink('url = "http://localhost:8100/events"\ndemo_receiver = true')
@@ -555,7 +558,10 @@ def test_demo_receiver_option_is_validated_with_the_http_sink() -> None:
         ('url = "http://127.0.0.1:8100/"\ndemo_receiver = "yes"', "must be true or false"),
         ('url = "http://10.0.0.5:8100/"\ndemo_receiver = true', "the demo receiver runs on"),
         ('url = "http://127.0.0.1/"\ndemo_receiver = true', "the demo receiver runs on"),
-        ('url = "https://127.0.0.1:8100/"\ndemo_receiver = true', "serves http://, not https"),
+        (
+            'url = "https://127.0.0.1:8100/"\ndemo_receiver = true',
+            "the demo receiver serves http://",
+        ),
     ):
         with pytest.raises(ConfigError, match="sinks.s.demo_receiver: " + problem):
             validate_sink(sink(options), DEMO_ENV)
