@@ -231,6 +231,11 @@ def start_broker(
 
     port = int(port_text)
     problem = None if choice == "embedded" else apache_kafka.missing_prerequisite()
+    if problem is None and choice != "embedded":
+        try:  # `make kafka-jars` normally fetched them; offline, Maven cannot
+            apache_kafka.ensure_jars(quiet=True)
+        except BrokerError as exc:
+            problem = str(exc)
     if choice == "apache" and problem:
         raise BrokerError(problem)
     broker: OwnBroker
