@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
@@ -95,7 +96,9 @@ def _log(message: str) -> None:
 
 
 def _how(code: int | None) -> str:
-    if code is not None and code < 0:
+    if code is None:
+        return "(not running)"
+    if code < 0:
         try:
             return f"killed by {signal.Signals(-code).name}"
         except ValueError:
@@ -456,11 +459,13 @@ class Supervisor:
         try:
             broker.restart()
             created = self.create_topics()
-        except BridgeError as exc:
+        except Exception as exc:  # a supervisor keeps going: it tries again later
             _log(
                 f"{broker.name} did not come back ({exc}); next try in "
                 f"{self._broker_backoff_s:.0f} s"
             )
+            with contextlib.suppress(Exception):
+                broker.stop()  # a half-started broker must not look alive to the next check
             self._broker_due = time.monotonic() + self._broker_backoff_s
             self._broker_backoff_s = min(self._broker_backoff_s * 2, BACKOFF_MAX_S)
             return
