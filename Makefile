@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= deploy/demo.toml
 
-.PHONY: run test lint typecheck pytest bench compose clean install kafka-jars registry-jars registry-jars-optional
+.PHONY: run test lint typecheck pytest bench compose clean install kafka-jars kafka-cluster registry-jars registry-jars-optional
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ install: $(STAMP)
 # and the tests then use the embedded broker.
 kafka-jars: $(STAMP)
 	@$(BIN)/python -m gateway.apache_kafka fetch --optional
+
+# A three-node Apache Kafka cluster on loopback (first node on 9092), in the foreground.
+kafka-cluster: $(STAMP) kafka-jars
+	$(BIN)/webhook-bridge broker --engine apache --nodes 3
 
 run: $(STAMP) kafka-jars
 	$(BIN)/webhook-bridge up --config $(CONFIG)
@@ -43,8 +47,8 @@ bench: $(STAMP)
 
 compose:
 	@command -v docker >/dev/null 2>&1 || { echo "compose: needs Docker with the compose plugin"; exit 1; }
-	@test -f deploy/compose/secrets.env || { python3 deploy/compose/make_secrets.py > deploy/compose/secrets.env \
-	  && echo "compose: wrote deploy/compose/secrets.env with random secrets"; }
+	@for kind in provider sink; do f=deploy/compose/$$kind-secrets.env; test -f $$f || { \
+	  python3 deploy/compose/make_secrets.py $$kind > $$f && echo "compose: wrote $$f with random secrets"; }; done
 	docker compose -f deploy/compose/compose.yaml up --build -d
 
 clean:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from consumers.runtime.process import add_arguments as add_stage_arguments
 from consumers.runtime.process import run_stage
+from schemas.records import LATE_HEADER
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
     from gateway.config import Settings
 
 STAGE = "reorderer"
-LATE_HEADER = ("late", b"1")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -109,7 +109,7 @@ async def replay(
     from consumers.fanout.delivery import Deliverer
     from consumers.fanout.policy import Breaker, Route
     from consumers.sinks import Event, SinkContext, build_sink, validate_sink
-    from schemas.envelope import KafkaHeaders, header_value
+    from schemas.records import DLQ_TOPIC, KafkaHeaders, header_value, is_late, without_dlq
     from schemas.serde import EnvelopeDeserializer, SerdeError
 
     sink_settings = settings.sinks[sink_name]
@@ -167,7 +167,7 @@ async def replay(
                     report.skipped += 1
                     continue
                 headers: KafkaHeaders = list(msg.headers() or ())
-                origin = header_value(headers, "x-dlq-topic")
+                origin = header_value(headers, DLQ_TOPIC)
                 try:
                     envelope = deserialize(msg.value(), msg.topic())
                 except SerdeError:
@@ -187,11 +187,11 @@ async def replay(
                     envelope=envelope,
                     value=msg.value(),
                     key=msg.key(),
-                    headers=[(k, v) for k, v in headers if not k.startswith("x-dlq-")],
+                    headers=without_dlq(headers),
                     topic=origin.decode() if origin else msg.topic(),
                     partition=msg.partition(),
                     offset=msg.offset(),
-                    late=header_value(headers, "late") in (b"1", b"true"),
+                    late=is_late(headers),
                 )
                 if deliverer is None:
                     print(

@@ -43,6 +43,8 @@ from xml.etree import ElementTree
 from gateway.broker import _die_with_parent, free_port, port_in_use, wait_for_metadata
 from gateway.errors import BrokerError
 
+__all__ = ["ApacheKafka", "BrokerError", "available", "ensure_jars", "kafka_version"]
+
 REPO = Path(__file__).resolve().parent.parent
 POM = REPO / "deploy" / "kafka" / "pom.xml"
 LOG4J_CONFIG = REPO / "deploy" / "kafka" / "log4j2.properties"

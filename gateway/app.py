@@ -32,9 +32,10 @@ from gateway.errors import VerificationError
 from gateway.metrics import UNKNOWN_SOURCE, GatewayMetrics
 from gateway.normalize import normalize
 from gateway.publisher import Publisher, PublishError
+from gateway.sources import build_verifiers
 from gateway.topics import TopicNames, names
 from gateway.verify.base import REASONS, InboundRequest
-from schemas.envelope import ce_headers
+from schemas.records import ce_headers, quarantine_headers
 from schemas.serde import EnvelopeSerializer
 
 READY_WITHIN_S = 15.0
@@ -107,6 +108,7 @@ class WebhookEndpoint:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.sources: dict[str, SourceSettings] = dict(settings.sources)
+        self.verifiers = build_verifiers(settings)  # reads the secrets: a ConfigError here
         self.topics: TopicNames = names(settings)
         self.publisher = publisher
         self.serializer = serializer
@@ -184,7 +186,7 @@ class WebhookEndpoint:
         per_source.body_size.observe(len(raw))
         now = self.clock()
         try:
-            verified = source.verifier.verify(InboundRequest(headers, raw), now)
+            verified = self.verifiers[source.name].verify(InboundRequest(headers, raw), now)
         except VerificationError as exc:
             # A plugin's own reason is logged, counted as "other" (labels stay bounded).
             reason = exc.reason if exc.reason in REASONS else "other"
@@ -221,10 +223,7 @@ class WebhookEndpoint:
         topic = self.topics.quarantine if quarantined else self.topics.raw(source.provider)
         kafka_headers = ce_headers(envelope)
         if quarantined:
-            kafka_headers += [
-                ("x-quarantine-reason", str(envelope.quarantine_reason).encode()),
-                ("x-quarantine-stage", b"gateway"),
-            ]
+            kafka_headers += quarantine_headers(str(envelope.quarantine_reason), "gateway")
         value = self.serializer(envelope, topic)
         publish_started = time.perf_counter()
         try:

@@ -18,7 +18,7 @@ from gateway.errors import BridgeError, ConfigError
 COMMANDS: dict[str, tuple[str, str]] = {
     "up": (
         "gateway.up",
-        "run a broker, the topics and every process, restarting what dies (make run)",
+        "run a local Kafka, the topics and every process, restarting what dies (make run)",
     ),
     "gateway": ("gateway.server", "serve POST /webhooks/{source} and publish to Kafka"),
     "compactor": ("consumers.compactor", "drop duplicate event ids: raw -> .unique"),
@@ -29,7 +29,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "consumers.fanout.receiver",
         "a demo internal service that checks and prints signed fan-out deliveries",
     ),
-    "broker": ("gateway.broker_cmd", "run the embedded Kafka-protocol broker (Tansu)"),
+    "broker": (
+        "gateway.broker_cmd",
+        "run Apache Kafka (one node or a cluster) or the embedded broker in the foreground",
+    ),
     "topics": ("gateway.topics_cmd", "create and check every topic the config implies"),
     "send": ("gateway.send", "sign a sample webhook with a source's scheme and post it"),
     "check-config": ("gateway.topics_cmd:check", "validate a config file and exit"),

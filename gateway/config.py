@@ -1,6 +1,6 @@
 """The one TOML configuration, loaded into frozen objects and validated at start-up.
 
-Layout (see README "Configuration reference" and `deploy/demo.toml`)::
+Layout (see docs/configuration.md and `deploy/demo.toml`)::
 
     [bridge]    topic prefix, schema registry, logging
     [kafka]     librdkafka settings for every client (dotted keys pass through),
@@ -32,8 +32,6 @@ from typing import Any, TypeVar
 from gateway.errors import ConfigError
 from gateway.providers import DEFAULT_SELECTORS
 from gateway.selectors import Selector, parse_selector
-from gateway.verify import build_verifier
-from gateway.verify.base import BuildContext, Secret, Verifier
 
 ENV_PREFIX = "BRIDGE_"
 
@@ -103,10 +101,12 @@ class Selectors:
 
 @dataclass(frozen=True)
 class SourceSettings:
+    """One webhook endpoint, as data: its secrets are named here and read only by the
+    gateway when it builds the source's verifier (`gateway.sources`)."""
+
     name: str
     scheme: str
     provider: str
-    verifier: Verifier
     selectors: Selectors
     allow_unverified: bool
     deadline_s: float
@@ -114,8 +114,9 @@ class SourceSettings:
     success_status: int
     dedup_horizon_s: float
     reorder_window_s: float
-    key_ids: tuple[str, ...]  # names of the live secrets (safe to show)
-    verify_context: BuildContext = field(repr=False, compare=False, default=None)  # type: ignore[assignment]
+    secrets: tuple[str, ...] = ()  # environment-variable names of the live secrets
+    secret_files: tuple[str, ...] = ()  # files holding secrets (relative to the config)
+    verify: Mapping[str, Any] = field(default_factory=dict)  # [sources.X.verify], unread
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,10 @@ class Settings:
     sources: Mapping[str, SourceSettings]
     sinks: Mapping[str, SinkSettings]
     path: str = ""
+    # The environment the config was read with, and the config file's folder: where a
+    # process that needs a secret (the gateway, a sink) reads it from, when it starts.
+    env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+    base_dir: Path = field(default_factory=Path, compare=False)
 
     @property
     def providers(self) -> tuple[str, ...]:
@@ -295,6 +300,8 @@ def parse(raw: Mapping[str, Any], env: Mapping[str, str], base_dir: Path = Path(
         fanout=_section(FanoutSettings, _table(raw, "fanout", ""), "fanout", env),
         sources=sources,
         sinks=sinks,
+        env=dict(env),
+        base_dir=base_dir,
     )
     _check_values(settings)
     return settings
@@ -303,8 +310,6 @@ def parse(raw: Mapping[str, Any], env: Mapping[str, str], base_dir: Path = Path(
 # What the providers' documentation rules out (PROVIDERS.md; docs/providers.md lists them).
 # Only 200 counts as delivered:
 ONLY_200_SCHEMES = frozenset({"justwallet", "jpmorgan"})
-# Jiko: the partner's shared secret has at least 16 characters.
-SECRET_MIN_CHARS = {"jiko": 16}
 # J.P. Morgan expects the 200 within 3 s: the publish deadline must end before that.
 ANSWER_WITHIN_S = {"jpmorgan": 3.0}
 # J.P. Morgan resends an unanswered notification for up to 72 h, with the same eventId.
@@ -420,14 +425,10 @@ def _source(
             f"{where}.scheme",
             "'none' accepts unverified webhooks; set allow_unverified = true to run it on purpose",
         )
-    secrets = _secrets(table, where, env, base_dir, SECRET_MIN_CHARS.get(scheme, 1))
+    secret_names, secret_files = _secret_names(table, where)
     options = table.get("verify", {})
     if not isinstance(options, Mapping):
         raise ConfigError(f"{where}.verify", "must be a table")
-    context = BuildContext(
-        where=where, secrets=secrets, options=options, env=env, base_dir=base_dir
-    )
-    verifier = build_verifier(scheme, context)
     provider = _scalar(table, "provider", str, where, env, default=name)
     if not _is_name(provider):
         raise ConfigError(f"{where}.provider", "use lower-case letters, digits, '-' and '_'")
@@ -461,7 +462,6 @@ def _source(
         name=name,
         scheme=scheme,
         provider=provider,
-        verifier=verifier,
         selectors=Selectors(**parsed),
         allow_unverified=allow_unverified,
         deadline_s=deadline_s,
@@ -471,8 +471,9 @@ def _source(
         reorder_window_s=_scalar(
             table, "reorder_window_s", float, where, env, default=reorderer.window_s
         ),
-        key_ids=tuple(s.key_id for s in secrets),
-        verify_context=context,
+        secrets=secret_names,
+        secret_files=secret_files,
+        verify=dict(options),
     )
 
 
@@ -505,48 +506,15 @@ def _check_provider_limits(
         )
 
 
-def _secrets(
-    table: Mapping[str, Any],
-    where: str,
-    env: Mapping[str, str],
-    base_dir: Path,
-    min_chars: int = 1,
-) -> tuple[Secret, ...]:
-    """Every live secret, from environment variables and files. `min_chars` is the
-    shortest secret the provider allows (in characters)."""
-    out: list[Secret] = []
+def _secret_names(table: Mapping[str, Any], where: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The secrets a source names (variables, files): checked for form, never read here."""
     names = table.get("secrets", [])
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise ConfigError(f"{where}.secrets", "must be a list of environment-variable names")
-    for var in names:
-        value = env.get(var)
-        if not value:
-            raise ConfigError(f"{where}.secrets", f"environment variable {var} is not set")
-        if len(value) < min_chars:
-            raise ConfigError(f"{where}.secrets", f"{var} is {_too_short(min_chars)}")
-        out.append(Secret(key_id=var, value=value.encode("utf-8")))
     files = table.get("secret_files", [])
     if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
         raise ConfigError(f"{where}.secret_files", "must be a list of file paths")
-    for name in files:
-        path = Path(name) if Path(name).is_absolute() else base_dir / name
-        try:
-            value = path.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError(
-                f"{where}.secret_files", f"cannot read {name} ({exc.strerror})"
-            ) from None
-        if not value:
-            raise ConfigError(f"{where}.secret_files", f"{name} is empty")
-        if len(value) < min_chars:
-            raise ConfigError(f"{where}.secret_files", f"{name} is {_too_short(min_chars)}")
-        out.append(Secret(key_id=path.name, value=value.encode("utf-8")))
-    return tuple(out)
-
-
-def _too_short(min_chars: int) -> str:
-    # Never the secret, nor its length.
-    return f"shorter than {min_chars} characters, the least this provider allows"
+    return tuple(names), tuple(files)
 
 
 def _sink(name: str, table: Mapping[str, Any], env: Mapping[str, str]) -> SinkSettings:

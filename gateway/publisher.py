@@ -5,7 +5,7 @@ serves librdkafka's delivery reports: a timer calls ``producer.poll(0)`` every
 millisecond while messages are in flight (every 50 ms when idle), so reports
 resolve their request's future on the loop thread. An earlier design used a
 poller thread; on one core the two threads fought over the GIL and the gateway
-spent most of its time handing it back and forth (README, benchmark notes).
+spent most of its time handing it back and forth (docs/benchmarks.md).
 
 Requests do not call ``produce`` one by one: each adds its message to an outbox,
 and the outbox is produced in one burst at the end of the event-loop iteration

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     import httpx
 
     from gateway.config import SourceSettings
+    from gateway.verify.base import BuildContext
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,6 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def prepare(
     source: SourceSettings,
+    context: BuildContext,
     *,
     event_type: str,
     event_id: str,
@@ -59,7 +61,7 @@ def prepare(
     if body is None:
         body = sample_body(source.scheme, event_type=event_type, event_id=event_id, now=now)
     headers = sign_request(
-        source.scheme, source.verify_context, body, now, event_id=event_id, event_type=event_type
+        source.scheme, context, body, now, event_id=event_id, event_type=event_type
     )
     headers.setdefault("content-type", "application/json")
     return body, headers
@@ -69,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
     import httpx
 
     from gateway.samples import DEFAULT_TYPES
+    from gateway.sources import verify_context
 
     env, _ = demo_secrets.with_fallback(os.environ, Path(args.secrets_file))
     settings = config_module.load(args.config, env)
@@ -79,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
             f"{args.source!r} is not in {args.config}; choose one of: "
             + ", ".join(settings.sources),
         )
+    context = verify_context(settings, source.name)
     base = args.url or f"http://{settings.gateway.host}:{settings.gateway.port}"
     # Schemes that carry the type in a header (GitHub, Shopify) need one even for a
     # given --body: default to the sample's type, as the body would.
@@ -88,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
         for _ in range(args.count):
             body, headers = prepare(
                 source,
+                context,
                 event_type=event_type,
                 event_id=args.event_id or f"evt_{uuid.uuid4().hex[:20]}",
                 now=time.time(),

@@ -47,8 +47,10 @@ def check(args: argparse.Namespace) -> int:
     import os
 
     from consumers.sinks.registry import validate_sink
+    from gateway.sources import build_verifiers
 
     settings = config_module.load(args.config)
+    build_verifiers(settings)  # the gateway's sources: secrets, verify options, keys
     for sink in settings.sinks.values():
         validate_sink(sink, os.environ)
     print(f"config ok: {len(settings.sources)} sources, {len(settings.sinks)} sinks")

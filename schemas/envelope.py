@@ -1,9 +1,9 @@
-"""The envelope as a Python value, and its CloudEvents binary-mode Kafka headers."""
+"""The envelope as a Python value (its Kafka headers: `schemas.records`)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -11,8 +11,6 @@ from typing import Any
 ID_ORIGINS = ("PAYLOAD", "HEADER", "BODY_HASH")
 TIME_ORIGINS = ("PAYLOAD", "HEADER", "RECEIVED")
 CE_SPECVERSION = "1.0"
-
-KafkaHeaders = list[tuple[str, bytes]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,25 +126,3 @@ def to_micros(value: object) -> int:
 def micros_to_iso(micros: int) -> str:
     seconds, rest = divmod(micros, 1_000_000)
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{rest:06d}Z"
-
-
-def ce_headers(env: Envelope) -> KafkaHeaders:
-    """CloudEvents binary-mode attributes, so consumers can route without decoding."""
-    return [
-        ("ce_specversion", CE_SPECVERSION.encode()),
-        ("ce_id", env.event_id.encode()),
-        ("ce_source", f"/webhooks/{env.source}".encode()),
-        ("ce_type", env.event_type.encode()),
-        ("ce_time", micros_to_iso(env.occurred_at).encode()),
-        ("ce_subject", env.ordering_key.encode()),
-        ("content-type", b"application/avro"),
-    ]
-
-
-def header_value(headers: Sequence[tuple[str, bytes | None]] | None, name: str) -> bytes | None:
-    """Last value of a Kafka header (later headers override earlier ones)."""
-    found: bytes | None = None
-    for key, value in headers or ():
-        if key == name:
-            found = value
-    return found

@@ -10,6 +10,10 @@ Two wire formats:
 
 `EnvelopeDeserializer` reads both. A writer schema it does not know (an older or
 newer envelope version) is resolved against the reader schema by Avro's rules.
+In single-object encoding the writer schema comes from its fingerprint, so every
+envelope version ever written ships in ``schemas/history/`` and every reader knows
+them all: a new version is added there one release before any gateway writes it
+(readers first), and records of every version stay readable.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from gateway.errors import BridgeError
+from schemas.avro_writer import encode_envelope
 from schemas.envelope import Envelope
 
 SO_MAGIC = b"\xc3\x01"
@@ -47,6 +52,14 @@ def envelope_schema_text() -> str:
 @cache
 def envelope_schema() -> Any:
     return fastavro.parse_schema(json.loads(envelope_schema_text()))
+
+
+@cache
+def known_envelope_schemas() -> dict[bytes, str]:
+    """{fingerprint: schema text} of every envelope version in ``schemas/history/``."""
+    folder = resources.files("schemas").joinpath("history")
+    texts = [f.read_text(encoding="utf-8") for f in folder.iterdir() if f.name.endswith(".avsc")]
+    return {schema_fingerprint(text): text for text in texts}
 
 
 def schema_fingerprint(schema_text: str) -> bytes:
@@ -70,7 +83,6 @@ class EnvelopeSerializer:
     """`serializer(envelope, topic) -> bytes`; topic only matters in registry mode."""
 
     def __init__(self, registry_url: str = "", registry: Any = None) -> None:
-        self._schema = envelope_schema()
         self._registry = registry or (_registry(registry_url) if registry_url else None)
         self._ids: dict[str, bytes] = {}
         self._so_prefix = SO_MAGIC + schema_fingerprint(envelope_schema_text())
@@ -118,10 +130,10 @@ class EnvelopeSerializer:
             prefix = self._ids[topic]
         else:
             prefix = self._so_prefix
-        out = io.BytesIO()
-        out.write(prefix)
-        fastavro.schemaless_writer(out, self._schema, envelope.to_record())
-        return out.getvalue()
+        try:
+            return prefix + encode_envelope(envelope)
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise SerdeError(f"cannot encode envelope: {exc}") from exc
 
 
 class EnvelopeDeserializer:
@@ -138,7 +150,8 @@ class EnvelopeDeserializer:
         self._by_fingerprint: dict[bytes, Any] = {
             schema_fingerprint(envelope_schema_text()): self._reader
         }
-        for fp, text in (known_schemas or {}).items():
+        known = {**known_envelope_schemas(), **(known_schemas or {})}
+        for fp, text in known.items():
             self._by_fingerprint[fp] = fastavro.parse_schema(json.loads(text))
         self._by_id: dict[int, Any] = {}
 

@@ -16,7 +16,8 @@ from typing import Any
 from gateway import config as config_module
 from gateway.config import Settings
 from gateway.topics import ensure_topics, implied_topics
-from schemas.envelope import Envelope, Verification, ce_headers
+from schemas.envelope import Envelope, Verification
+from schemas.records import ce_headers
 from schemas.serde import EnvelopeSerializer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -36,6 +37,7 @@ def write_config(
     commit_interval_ms: int = 100,
     max_batch: int = 5000,
     extra: str = "",
+    topic_config: dict[str, str] | None = None,
 ) -> Path:
     """A config whose sources (named like their providers) accept unverified input."""
     state = str(tmp_path / "state") if state_dir is None else state_dir
@@ -49,6 +51,7 @@ def write_config(
         "",
         "[topics]",
         f"partitions = {partitions}",
+        "config = { " + ", ".join(f'"{k}" = "{v}"' for k, v in (topic_config or {}).items()) + " }",
         "",
         "[compactor]",
         f"dedup_horizon_s = {horizon_s}",
@@ -256,6 +259,10 @@ class StageProcess:
         port = int(text.split("ops endpoint listening")[1].split("port=")[1].split()[0])
         url = f"http://127.0.0.1:{port}/metrics"
         return urllib.request.urlopen(url, timeout=5).read().decode()  # type: ignore[no-any-return]
+
+    def log_text(self) -> str:
+        assert self.log_path is not None
+        return self.log_path.read_text(errors="replace")
 
     def wait_ready(self, timeout_s: float = 60.0) -> None:
         """Until the stage's /readyz says it holds partitions (its first join is done)."""

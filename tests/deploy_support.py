@@ -31,7 +31,7 @@ import pytest
 import yaml
 
 if TYPE_CHECKING:
-    from gateway.config import Settings, SourceSettings
+    from gateway.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -50,7 +50,7 @@ GRAFANA_DIR = DEPLOY / "grafana"
 DASHBOARD_FILE = GRAFANA_DIR / "dashboards" / "webhook-bridge.json"
 DEMO_CONFIG = DEPLOY / "demo.toml"
 
-# The metric catalogue the processes promise (README "Metrics"); histograms by base name.
+# The metric catalogue the processes promise (docs/metrics.md); histograms by base name.
 METRIC_CATALOGUE = frozenset(
     {
         "webhook_bridge_gateway_requests_total",
@@ -262,13 +262,14 @@ def scrape_components() -> frozenset[str]:
     )
 
 
-def verifier_key_ids(source: SourceSettings) -> frozenset[str]:
+def verifier_key_ids(settings: Settings, name: str) -> frozenset[str]:
     """Every ``key_id`` a source's verifier can report: its secrets' names, and for J.P.
     Morgan the pinned key ids of the bearer JWT and body-signature methods."""
+    from gateway.sources import build_verifiers, verify_context
     from gateway.verify.jpmorgan import JPMorganVerifier
 
-    found = set(source.key_ids)
-    verifier = source.verifier
+    found = {s.key_id for s in verify_context(settings, name).secrets}
+    verifier = build_verifiers(settings)[name]
     if isinstance(verifier, JPMorganVerifier):
         if verifier.bearer is not None:
             found.update(k.kid for k in verifier.bearer.all if k.kid)
@@ -305,6 +306,7 @@ def label_domains(settings: Settings) -> dict[str, dict[str, frozenset[str]]]:
     from gateway.app import ANSWERS
     from gateway.metrics import DELIVERY_ERRORS, OUTCOMES, UNKNOWN_SOURCE
     from gateway.normalize import FIELDS
+    from gateway.sources import build_verifiers
     from gateway.verify.base import REASONS
 
     configured = frozenset(settings.sources)
@@ -315,9 +317,9 @@ def label_domains(settings: Settings) -> dict[str, dict[str, frozenset[str]]]:
     outcome = frozenset({*OUTCOMES, *(answer.outcome for answer in ANSWERS.values())})
     verified = {
         "source": configured,  # an unknown source never verifies
-        "scheme": frozenset(src.verifier.scheme for src in settings.sources.values()),
+        "scheme": frozenset(v.scheme for v in build_verifiers(settings).values()),
         "key_id": frozenset(
-            {"", *(k for src in settings.sources.values() for k in verifier_key_ids(src))}
+            {"", *(k for name in settings.sources for k in verifier_key_ids(settings, name))}
         ),
         "mode": verifier_modes(),
     }
@@ -518,10 +520,13 @@ def variable_problems(
 # --------------------------------------------------------------------------- config
 
 
-def secret_env_names(config_path: Path) -> list[str]:
+def secret_env_names(
+    config_path: Path, sections: tuple[str, ...] = ("sources", "sinks")
+) -> list[str]:
     """Environment-variable names a config refers to (secrets, static headers, sink secrets).
 
-    Any upper-case string value under [sources] or [sinks] is such a name.
+    Any upper-case string value under [sources] or [sinks] (or only `sections`) is such a
+    name: the providers' under [sources], the sinks' under [sinks].
     """
     raw = tomllib.loads(config_path.read_text(encoding="utf-8"))
     found: set[str] = set()
@@ -536,8 +541,8 @@ def secret_env_names(config_path: Path) -> list[str]:
             for item in value:
                 walk(item)
 
-    walk(raw.get("sources", {}))
-    walk(raw.get("sinks", {}))
+    for section in sections:
+        walk(raw.get(section, {}))
     return sorted(found)
 
 

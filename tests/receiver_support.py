@@ -39,7 +39,8 @@ from consumers.fanout.process import Fanout
 from gateway import config
 from gateway.broker import free_port
 from gateway.config import Settings
-from schemas.envelope import Envelope, Verification, ce_headers
+from schemas.envelope import Envelope, Verification
+from schemas.records import ce_headers
 from schemas.serde import EnvelopeSerializer
 
 

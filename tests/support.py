@@ -33,6 +33,16 @@ def settings_from_toml(text: str, env: Mapping[str, str] | None = None) -> Setti
     return config_module.parse(tomllib.loads(text), dict(env if env is not None else DEMO_ENV))
 
 
+def gateway_settings(text: str, env: Mapping[str, str] | None = None) -> Settings:
+    """What the gateway checks at start-up: the config, then every source's secrets and
+    verifier (the config alone reads no secret)."""
+    from gateway.sources import build_verifiers
+
+    settings = settings_from_toml(text, env)
+    build_verifiers(settings)
+    return settings
+
+
 def gateway_toml(bootstrap: str, prefix: str, extra: str = "") -> str:
     return f"""
 [bridge]

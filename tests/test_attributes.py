@@ -7,7 +7,7 @@ import struct
 import pytest
 
 from consumers.runtime.attributes import AttributeReader, UnroutableRecord
-from schemas.envelope import ce_headers
+from schemas.records import ce_headers
 from schemas.serde import EnvelopeDeserializer, EnvelopeSerializer
 from tests.test_serde import make_envelope
 

@@ -5,9 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway import config
+from gateway import config, sources
 from gateway.errors import ConfigError
-from tests.support import DEMO_ENV, settings_from_toml
+from gateway.sources import build_verifiers, verify_context
+from tests.support import DEMO_ENV, gateway_settings, settings_from_toml
 
 REPO = Path(__file__).resolve().parent.parent
 MINIMAL = """
@@ -23,7 +24,7 @@ def test_demo_config_loads() -> None:
     """deploy/demo.toml is what `make run` uses: it must parse with the real loader."""
     settings = config.load(REPO / "deploy" / "demo.toml", env=DEMO_ENV)
     assert {"jiko", "justwallet", "jpmorgan", "fintoc"} <= set(settings.sources)
-    assert settings.sources["jiko"].key_ids == ("JIKO_WEBHOOK_SECRET",)
+    assert settings.sources["jiko"].secrets == ("JIKO_WEBHOOK_SECRET",)
     assert settings.kafka["bootstrap.servers"] == "127.0.0.1:9092"
     assert settings.gateway.port == 8000
     assert set(settings.sinks) == {"log", "demo-receiver"}
@@ -80,7 +81,7 @@ def test_defaults_and_frozen() -> None:
 )
 def test_invalid_config_names_the_key(toml_text: str, key: str) -> None:
     with pytest.raises(ConfigError) as info:
-        settings_from_toml(toml_text)
+        gateway_settings(toml_text)
     assert info.value.key == key
     message = str(info.value)
     assert message.startswith(f"config error: {key}: ")
@@ -89,8 +90,17 @@ def test_invalid_config_names_the_key(toml_text: str, key: str) -> None:
 
 def test_missing_secret_error_names_variable_not_value() -> None:
     with pytest.raises(ConfigError) as info:
-        settings_from_toml(MINIMAL, env={})
+        gateway_settings(MINIMAL, env={})
     assert "JIKO_WEBHOOK_SECRET" in str(info.value)
+
+
+def test_the_config_is_data_and_reads_no_secret() -> None:
+    """Loading names the secrets and reads none: a process that never verifies a webhook
+    (compactor, reorderer, fan-out) starts without any provider secret."""
+    settings = settings_from_toml(MINIMAL, env={})
+    assert settings.sources["jiko"].secrets == ("JIKO_WEBHOOK_SECRET",)
+    with pytest.raises(ConfigError, match="JIKO_WEBHOOK_SECRET is not set"):
+        build_verifiers(settings)
 
 
 def test_unknown_key_lists_valid_choices() -> None:
@@ -169,7 +179,8 @@ def test_secret_files_and_rotation(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text(text)
     settings = config.load(path, env=DEMO_ENV)
-    assert settings.sources["jiko"].key_ids == ("JIKO_WEBHOOK_SECRET", "old.secret")
+    secrets = verify_context(settings, "jiko").secrets
+    assert [s.key_id for s in secrets] == ["JIKO_WEBHOOK_SECRET", "old.secret"]
     assert "old-secret" not in repr(settings.sources["jiko"])
 
 
@@ -178,7 +189,7 @@ def test_unreadable_secret_file_is_named(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text(text)
     with pytest.raises(ConfigError) as info:
-        config.load(path, env=DEMO_ENV)
+        build_verifiers(config.load(path, env=DEMO_ENV))
     assert info.value.key == "sources.jiko.secret_files"
     assert "missing.secret" in info.value.problem
 
@@ -268,10 +279,10 @@ keys = [{ id = "k1", pem_file = "keys/k1.pem" }]
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    assert config.load(path, env=DEMO_ENV).sources["jpm"].scheme == "jpmorgan"
+    assert build_verifiers(config.load(path, env=DEMO_ENV))["jpm"].scheme == "jpmorgan"
     path.write_text(path.read_text().replace("keys/k1.pem", "keys/missing.pem"))
     with pytest.raises(ConfigError) as info:
-        config.load(path, env=DEMO_ENV)
+        build_verifiers(config.load(path, env=DEMO_ENV))
     assert "pem_file" in info.value.key
 
 
@@ -346,7 +357,7 @@ def test_config_refuses_what_the_provider_rules_out(
     toml_text: str, env: dict[str, str], key: str, problem: str
 ) -> None:
     with pytest.raises(ConfigError) as info:
-        settings_from_toml(toml_text, env=env)
+        gateway_settings(toml_text, env=env)
     assert info.value.key == key
     assert problem in info.value.problem
     assert "\n" not in str(info.value)
@@ -360,7 +371,7 @@ def test_provider_limits_accept_what_the_provider_allows() -> None:
     settings = settings_from_toml(text, env=env)
     assert settings.sources["jpm"].deadline_s == 2.99
     assert settings.sources["jpm"].dedup_horizon_s == 259200
-    assert settings.sources["jw"].key_ids == ("JW_SECRET",)  # Just Wallet: "any value"
+    assert [s.key_id for s in verify_context(settings, "jw").secrets] == ["JW_SECRET"]
 
 
 def test_jiko_secret_file_length_is_checked(tmp_path: Path) -> None:
@@ -370,7 +381,7 @@ def test_jiko_secret_file_length_is_checked(tmp_path: Path) -> None:
         MINIMAL.replace('secrets = ["JIKO_WEBHOOK_SECRET"]', 'secret_files = ["jiko.key"]')
     )
     with pytest.raises(ConfigError) as info:
-        config.load(path, env={})
+        build_verifiers(config.load(path, env={}))
     assert info.value.key == "sources.jiko.secret_files"
     assert info.value.problem.startswith("jiko.key is shorter than 16 characters")
 
@@ -393,7 +404,7 @@ def test_check_config_refuses_a_short_jiko_secret(
 
 def test_docs_state_the_provider_rules() -> None:
     docs = (REPO / "docs" / "providers.md").read_text(encoding="utf-8")
-    assert config.SECRET_MIN_CHARS == {"jiko": 16}
+    assert sources.SECRET_MIN_CHARS == {"jiko": 16}
     assert "at least 16 characters" in docs
     assert config.ANSWER_WITHIN_S == {"jpmorgan": 3.0}
     assert "the rule is `deadline_s < 3.0`" in docs

@@ -88,7 +88,10 @@ def test_bridge_services_build_the_one_image(compose: dict[str, Any]) -> None:
         assert build["dockerfile"] == "deploy/Dockerfile"
         assert service["command"][0] == name
         assert service["command"][1:] == ["--config", "/etc/webhook-bridge/config.toml"]
-        assert service["env_file"] == "secrets.env"
+        # each process gets only the secrets it uses: providers' to the gateway, sinks'
+        # to the fan-out, none to the topics job and the stages
+        wanted = {"gateway": "provider-secrets.env", "fanout": "sink-secrets.env"}.get(name)
+        assert service.get("env_file") == wanted, name
         assert "./config.toml:/etc/webhook-bridge/config.toml:ro" in service["volumes"]
         assert service.get("read_only") is True
 
@@ -131,19 +134,22 @@ def test_prometheus_scrapes_every_process_on_its_port() -> None:
         assert f"{name}:{port}" in targets
 
 
-def test_secrets_example_covers_every_secret_with_placeholders() -> None:
-    example = (COMPOSE_DIR / "secrets.env.example").read_text(encoding="utf-8")
+SECTION_OF = {"provider": ("sources",), "sink": ("sinks",)}
+
+
+@pytest.mark.parametrize("kind", ["provider", "sink"])
+def test_secrets_examples_cover_every_secret_with_placeholders(kind: str) -> None:
+    example = (COMPOSE_DIR / f"{kind}-secrets.env.example").read_text(encoding="utf-8")
     values = dict(
         line.split("=", 1)
         for line in example.splitlines()
         if line.strip() and not line.startswith("#")
     )
-    assert set(values) == set(secret_env_names(COMPOSE_CONFIG))
+    assert set(values) == set(secret_env_names(COMPOSE_CONFIG, SECTION_OF[kind]))
     for name, value in values.items():
         assert "replace" in value.lower() or "UkVQTEFDRS1NRS" in value, f"{name}: not a placeholder"
-    assert not (COMPOSE_DIR / "secrets.env").exists() or "secrets.env" in (
-        (ROOT / ".gitignore").read_text(encoding="utf-8")
-    ), "a real deploy/compose/secrets.env must be git-ignored"
+    ignored = (ROOT / ".gitignore").read_text(encoding="utf-8")
+    assert "deploy/compose/*secrets.env" in ignored, "real secrets files must be git-ignored"
 
 
 def test_make_secrets_gives_every_secret_a_fresh_value_the_config_accepts() -> None:
@@ -151,22 +157,25 @@ def test_make_secrets_gives_every_secret_a_fresh_value_the_config_accepts() -> N
     import sys
 
     from gateway.config import load
+    from gateway.sources import build_verifiers
 
-    def generate() -> dict[str, str]:
+    def generate(kind: str) -> dict[str, str]:
         out = subprocess.run(
-            [sys.executable, str(COMPOSE_DIR / "make_secrets.py")],
+            [sys.executable, str(COMPOSE_DIR / "make_secrets.py"), kind],
             capture_output=True,
             text=True,
             check=True,
         ).stdout
         return dict(line.split("=", 1) for line in out.splitlines() if not line.startswith("#"))
 
-    first, second = generate(), generate()
-    assert set(first) == set(secret_env_names(COMPOSE_CONFIG))
-    assert all(first[name] != second[name] for name in first), "values must be random"
-    assert all("replace" not in value.lower() for value in first.values())
-    settings = load(COMPOSE_CONFIG, env=first)  # whsec_ keys decode, every secret is set
-    assert settings.sources
+    providers, sinks = generate("provider"), generate("sink")
+    assert set(providers) == set(secret_env_names(COMPOSE_CONFIG, ("sources",)))
+    assert set(sinks) == set(secret_env_names(COMPOSE_CONFIG, ("sinks",)))
+    again = generate("provider")
+    assert all(providers[name] != again[name] for name in providers), "values must be random"
+    assert all("replace" not in value.lower() for value in {**providers, **sinks}.values())
+    # the gateway's sources start with the provider file alone (whsec_ keys decode)
+    assert build_verifiers(load(COMPOSE_CONFIG, env=providers))
 
 
 def test_compose_config_parses_and_points_at_compose_services() -> None:

@@ -30,7 +30,16 @@ MANIFESTS = sorted(
     if p.name != "kustomization.yaml"
 )
 CONFIG_PATH = "/etc/webhook-bridge/config.toml"
-SECRET_NAME = "webhook-bridge-secrets"
+# Each process gets only the secrets it uses (Kafka credentials are optional).
+KAFKA_SECRET, PROVIDER_SECRET, SINK_SECRET = (
+    "webhook-bridge-kafka",
+    "webhook-bridge-providers",
+    "webhook-bridge-sinks",
+)
+SECRETS_OF = {
+    "webhook-bridge-gateway": {KAFKA_SECRET, PROVIDER_SECRET},
+    "webhook-bridge-fanout": {KAFKA_SECRET, SINK_SECRET},
+}
 CONFIGMAP_NAME = "webhook-bridge-config"
 
 
@@ -242,7 +251,9 @@ def test_every_workload_is_hardened_and_gets_config_and_secrets() -> None:
             assert ctx["allowPrivilegeEscalation"] is False, name
             assert ctx["capabilities"]["drop"] == ["ALL"], name
             assert container["resources"]["requests"] and container["resources"]["limits"], name
-            assert {"secretRef": {"name": SECRET_NAME}} in container["envFrom"], name
+            refs = {e["secretRef"]["name"]: e["secretRef"] for e in container["envFrom"]}
+            assert set(refs) == SECRETS_OF.get(name, {KAFKA_SECRET}), name
+            assert refs[KAFKA_SECRET].get("optional") is True, name
             mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
             assert mounts["/etc/webhook-bridge"] == "config", name
             assert mounts["/tmp"] == "tmp", name
@@ -305,7 +316,9 @@ def test_topics_job_and_secret_template() -> None:
     (container,) = pod_spec(job)["containers"]
     assert container["args"] == ["topics", "--config", CONFIG_PATH]
     assert pod_spec(job)["restartPolicy"] in ("OnFailure", "Never")
-    (secret,) = load_yaml_docs(K8S_DIR / "secret.template.yaml")
-    assert secret["metadata"]["name"] == SECRET_NAME
-    assert set(secret["stringData"]) == set(secret_env_names(K8S_CONFIG))
-    assert set(secret["stringData"].values()) == {"REPLACE_ME"}
+    secrets = {d["metadata"]["name"]: d for d in load_yaml_docs(K8S_DIR / "secret.template.yaml")}
+    assert set(secrets) == {KAFKA_SECRET, PROVIDER_SECRET, SINK_SECRET}
+    providers = secrets[PROVIDER_SECRET]["stringData"]
+    assert set(providers) == set(secret_env_names(K8S_CONFIG, ("sources",)))
+    assert set(providers.values()) == {"REPLACE_ME"}
+    assert set(secrets[SINK_SECRET]["stringData"]) == set(secret_env_names(K8S_CONFIG, ("sinks",)))

@@ -13,9 +13,10 @@ import pytest
 from gateway.app import create_app
 from gateway.config import Settings
 from gateway.samples import sample_body
+from gateway.sources import verify_context
 from gateway.topics import ensure_topics, implied_topics, names
 from gateway.verify import sign_request
-from schemas.envelope import header_value
+from schemas.records import header_value
 from schemas.serde import EnvelopeDeserializer
 from tests.conftest import KafkaCluster
 from tests.support import gateway_toml, read_topic, serve, settings_from_toml
@@ -31,7 +32,9 @@ class Gateway:
 
     def signed(self, source: str, body: bytes, **kwargs: str) -> dict[str, str]:
         src = self.settings.sources[source]
-        headers = sign_request(src.scheme, src.verify_context, body, time.time(), **kwargs)
+        headers = sign_request(
+            src.scheme, verify_context(self.settings, src.name), body, time.time(), **kwargs
+        )
         return {"content-type": "application/json", **headers}
 
     def post(self, source: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
@@ -81,7 +84,7 @@ def test_verified_webhook_becomes_an_envelope_in_kafka(gateway: Gateway, source:
     assert envelope.event_id == event_id
     assert envelope.source == source and envelope.provider == source
     assert envelope.verification.scheme == scheme
-    assert envelope.verification.key_id == gateway.settings.sources[source].key_ids[0]
+    assert envelope.verification.key_id == gateway.settings.sources[source].secrets[0]
     assert envelope.request_id == answer["request_id"]
     headers = message.headers()
     assert header_value(headers, "ce_id") == event_id.encode()

@@ -20,6 +20,7 @@ import pytest
 
 from gateway.app import create_app
 from gateway.samples import sample_body
+from gateway.sources import verify_context
 from gateway.topics import ensure_topics, implied_topics, names
 from gateway.verify import sign_request
 from tests.conftest import OwnBroker
@@ -101,7 +102,7 @@ def test_broker_killed_under_load(
     def sign(body: bytes) -> dict[str, str]:
         return {
             "content-type": "application/json",
-            **sign_request(source.scheme, source.verify_context, body, time.time()),
+            **sign_request(source.scheme, verify_context(settings, source.name), body, time.time()),
         }
 
     with serve(create_app(settings)) as url:

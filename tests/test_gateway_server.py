@@ -15,6 +15,7 @@ import pytest
 
 from gateway.broker import free_port
 from gateway.samples import sample_body
+from gateway.sources import verify_context
 from gateway.topics import ensure_topics, implied_topics, names
 from gateway.verify import sign_request
 from tests.conftest import KafkaCluster
@@ -59,7 +60,9 @@ def test_sigterm_drains_in_flight_requests(kafka: KafkaCluster, tmp_path: Path) 
 
         def post() -> None:
             body = sample_body("fintoc", now=time.time())
-            headers = sign_request(source.scheme, source.verify_context, body, time.time())
+            headers = sign_request(
+                source.scheme, verify_context(settings, source.name), body, time.time()
+            )
             with httpx.Client(timeout=15) as client:
                 started.wait()
                 try:

@@ -31,7 +31,8 @@ from consumers.sinks.kafka import KafkaSink, TransactionAborted
 from gateway import config
 from gateway.config import Settings
 from gateway.topics import TopicSpec, ensure_topics, implied_topics, names
-from schemas.envelope import Envelope, ce_headers
+from schemas.envelope import Envelope
+from schemas.records import ce_headers
 from schemas.serde import EnvelopeSerializer
 from tests.conftest import KafkaCluster
 from tests.receiver_support import (

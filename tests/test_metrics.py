@@ -14,6 +14,7 @@ from gateway.app import create_app
 from gateway.normalize import FIELDS
 from gateway.publisher import Publisher
 from gateway.samples import sample_body
+from gateway.sources import verify_context
 from gateway.verify import sign_request
 from schemas.serde import EnvelopeDeserializer
 from tests.support import gateway_toml, settings_from_toml
@@ -73,7 +74,9 @@ def test_selector_fallbacks_are_counted_per_source_and_field() -> None:
         keys: list[str] = []
         for _ in range(2):  # Just Wallet's quote_creation.failed has no data.id
             body = sample_body("justwallet", event_type="quote_creation.failed", now=time.time())
-            headers = sign_request("justwallet", source.verify_context, body, time.time())
+            headers = sign_request(
+                "justwallet", verify_context(settings, source.name), body, time.time()
+            )
             answer = client.post("/webhooks/justwallet", content=body, headers=headers)
             assert answer.status_code == 200, answer.text
             keys.append(answer.json()["event_id"])

@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway.broker import free_port
 from gateway.config import Settings, load
 from gateway.samples import sample_body
+from gateway.sources import verify_context
 from gateway.topics import ensure_topics, implied_topics
 from gateway.verify import sign_request
 from tests.conftest import KafkaCluster
@@ -132,7 +133,11 @@ def test_every_metric_in_alerts_and_dashboard_is_exposed(
         event_id = f"evt_{name}_{marker}"
         body = sample_body(source.scheme, event_id=event_id, now=time.time())
         headers = sign_request(
-            source.scheme, source.verify_context, body, time.time(), event_id=event_id
+            source.scheme,
+            verify_context(settings, source.name),
+            body,
+            time.time(),
+            event_id=event_id,
         )
         response = httpx.post(f"{gateway}/webhooks/{name}", content=body, headers=headers)
         assert response.status_code == source.success_status, (name, response.text)

@@ -220,6 +220,8 @@ def test_one_of_two_instances_dies_for_good_and_the_survivor_takes_over(
         load = Load(kafka.bootstrap, names.raw("acme"), 12_000, RATE)
         load.start()
         time.sleep(4)
+        survivors = [procs[(s, "a")] for s in ("compactor", "reorderer")]
+        log_marks = [len(p.log_text()) for p in survivors]
         killed_at = time.monotonic()
         procs[("compactor", "b")].kill()
         procs[("reorderer", "b")].kill()
@@ -230,12 +232,25 @@ def test_one_of_two_instances_dies_for_good_and_the_survivor_takes_over(
             assert len(owners) == 3 and set(owners.values()) == {f"{stage}-a"}, owners
         outcome = _check(kafka, names, load, stages)
         straddling = load.straddling([killed_at])
+        # How long the survivors' restores of b's partitions waited: b's open transaction
+        # blocks read_committed on its changelog until the coordinator aborts it.
+        restores = [
+            float(line.split("seconds=")[1].split()[0])
+            for proc, mark in zip(survivors, log_marks, strict=True)
+            for line in proc.log_text()[mark:].splitlines()
+            if "state restored" in line and "seconds=" in line
+        ]
+        assert restores, "the survivors restored nothing after the kill"
         print(
             f"\n{prefix}: {load.count} events, survivors own every partition "
             f"{taken_over} s after the kill; {outcome.delivered} delivered, "
             f"{len(outcome.missing)} missing, {outcome.duplicates} duplicates, "
-            f"{straddling} copies straddling the kill"
+            f"{straddling} copies straddling the kill; restores after the kill took "
+            f"{sorted(restores)} s (transaction.timeout.ms = {TXN_TIMEOUT_MS})"
         )
+        # Bounded by the dead producer's transaction timeout plus the abort sweep (1 s on
+        # the test brokers), not by anything that grows.
+        assert max(restores) < TXN_TIMEOUT_MS / 1000 + 10
         assert straddling >= 100, straddling
         _assert_duplicates(kafka, outcome, 2)
     finally:

@@ -24,6 +24,7 @@ from gateway import config as config_module
 from gateway import demo_secrets
 from gateway.broker import free_port, port_in_use
 from gateway.send import prepare
+from gateway.sources import verify_context
 from tests.receiver_support import ScriptedReceiver
 from tests.support import DEMO_ENV
 
@@ -147,6 +148,7 @@ class Sender:
         if env is None:
             env, _ = demo_secrets.with_fallback(env_without_secrets(), secrets_file)
         self.settings = config_module.load(config, env)
+        self.context = verify_context(self.settings, "jiko")
         self.url = f"http://127.0.0.1:{self.settings.gateway.port}/webhooks/jiko"
         self.every_s = every_s
         self.accepted: list[str] = []
@@ -160,6 +162,7 @@ class Sender:
         self._n += 1
         body, headers = prepare(
             self.settings.sources["jiko"],
+            self.context,
             event_type="card.transaction.approved",
             event_id=f"evt_up_{self._n}_{time.time_ns()}",
             now=time.time(),

@@ -17,7 +17,9 @@ from gateway.config import SourceSettings
 from gateway.errors import BridgeError, ConfigError
 from gateway.samples import sample_body
 from gateway.send import prepare
+from gateway.sources import verify_context
 from gateway.verify import build_verifier, sign_request
+from gateway.verify.base import BuildContext
 from gateway.verify.justwallet import MODES
 from gateway.verify.reserialize import WRITERS, parse
 from tests.support import settings_from_toml
@@ -235,7 +237,7 @@ def test_config_errors(options: dict[str, Any], key: str, words: str) -> None:
 SEND_CASES = [case for case in VECTORS["cases"] if "sample_args" in case]
 
 
-def justwallet_source(modes: list[str] | None = None) -> SourceSettings:
+def justwallet_source(modes: list[str] | None = None) -> tuple[SourceSettings, BuildContext]:
     verify_table = f"[sources.jw.verify]\nmodes = {json.dumps(modes)}\n" if modes else ""
     text = f"""
 [kafka]
@@ -244,7 +246,8 @@ def justwallet_source(modes: list[str] | None = None) -> SourceSettings:
 scheme = "justwallet"
 secrets = ["JW_SECRET"]
 {verify_table}"""
-    return settings_from_toml(text, env={"JW_SECRET": SECRET}).sources["jw"]
+    settings = settings_from_toml(text, env={"JW_SECRET": SECRET})
+    return settings.sources["jw"], verify_context(settings, "jw")
 
 
 def test_send_samples_are_the_vector_bodies() -> None:
@@ -262,7 +265,7 @@ def test_send_signs_as_every_sample_does(case: dict[str, Any]) -> None:
     the Node and the PHP sample, and Webhook-Secret fits the Ruby sample."""
     assert case["node"]["hmac"] == case["php"]["hmac"] == case["ruby"]["hmac"]
     body, headers = prepare(
-        justwallet_source(),
+        *justwallet_source(),
         event_type=case["sample_args"]["event_type"],
         event_id="evt_1",
         now=0.0,

@@ -22,7 +22,7 @@ from consumers.fanout.policy import Breaker, Budget, retry_delay_s
 from consumers.sinks.base import DeliveryResult, Event, Sink, SinkError
 from gateway import logs
 from gateway.config import RetrySettings
-from schemas.envelope import KafkaHeaders
+from schemas.records import KafkaHeaders, dlq_headers
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,20 +152,18 @@ class DeadLetters:
         source = (topic, partition, offset)
         if source in self._written:
             return
-        dlq_headers: list[tuple[str, str | bytes | None]] = [
+        written: list[tuple[str, str | bytes | None]] = [
             (k, v) for k, v in headers if k not in ("content-type",) and v is not None
         ]
-        dlq_headers += [
-            ("x-dlq-reason", outcome.reason.encode()),
-            ("x-dlq-last-status", str(outcome.status or "").encode()),
-            ("x-dlq-attempts", str(outcome.attempts).encode()),
-            ("x-dlq-sink", self.sink.encode()),
-            ("x-dlq-detail", outcome.detail[:200].encode()),
-            ("x-dlq-topic", topic.encode()),
-            ("x-dlq-partition", str(partition).encode()),
-            ("x-dlq-offset", str(offset).encode()),
-            ("content-type", b"application/avro"),
-        ]
+        written += dlq_headers(
+            reason=outcome.reason,
+            last_status=outcome.status,
+            attempts=outcome.attempts,
+            sink=self.sink,
+            detail=outcome.detail,
+            origin=source,
+        )
+        written.append(("content-type", b"application/avro"))
         pause = 0.1
         while True:
             errors: list[Any] = []
@@ -179,7 +177,7 @@ class DeadLetters:
 
             try:
                 self._producer.produce(
-                    self.topic, value=value, key=key, headers=dlq_headers, on_delivery=on_delivery
+                    self.topic, value=value, key=key, headers=written, on_delivery=on_delivery
                 )
             except BufferError:
                 errors.append("queue full")

@@ -48,7 +48,7 @@ from consumers.sinks.base import Event, Sink
 from gateway import logs
 from gateway.config import Settings, SinkSettings
 from gateway.topics import names
-from schemas.envelope import KafkaHeaders, header_value
+from schemas.records import KafkaHeaders, header_value, is_late, source_of
 from schemas.serde import EnvelopeDeserializer, SerdeError
 
 PAUSE_AFTER_S = 1.0  # full that long: pause the partitions and keep polling
@@ -259,7 +259,7 @@ class SinkRunner:
         if (
             ce_type is not None
             and ce_source is not None
-            and not self._wants(provider, ce_type.decode(errors="replace"), _source(ce_source))
+            and not self._wants(provider, ce_type.decode(errors="replace"), source_of(ce_source))
         ):
             tracker.finish(offset)  # routed on headers, never decoded
             return
@@ -283,7 +283,7 @@ class SinkRunner:
                 topic=topic,
                 partition=partition,
                 offset=offset,
-                late=header_value(headers, "late") in (b"1", b"true"),
+                late=is_late(headers),
             )
         item = _Item(value, key, headers, topic, partition, offset, tracker, event)
         lane_key = (topic, partition, key)
@@ -484,9 +484,3 @@ class SinkRunner:
             )
         else:
             logs.info("circuit breaker closed", sink=self.name)
-
-
-def _source(ce_source: bytes) -> str:
-    """The source name from a ``ce_source`` header (``/webhooks/<source>``)."""
-    text = ce_source.decode("utf-8", "replace")
-    return text.removeprefix("/webhooks/")

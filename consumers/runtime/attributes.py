@@ -16,9 +16,9 @@ from datetime import UTC, datetime
 
 from gateway.errors import BridgeError
 from schemas.envelope import Envelope
+from schemas.records import source_of
 from schemas.serde import SerdeError
 
-SOURCE_PREFIX = b"/webhooks/"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 Headers = list[tuple[str, bytes | None]]
@@ -77,7 +77,7 @@ class AttributeReader:
         if event_id and source is not None and subject is not None and occurred_us is not None:
             if self._framed is not None and not self._framed(value):
                 raise UnroutableRecord("undecodable")
-            return Attributes(event_id, _source_name(source), subject, occurred_us)
+            return Attributes(event_id, source_of(source), subject, occurred_us)
         try:
             env = self._decode(value)
         except SerdeError:
@@ -86,13 +86,7 @@ class AttributeReader:
             raise UnroutableRecord("undecodable") from None
         return Attributes(
             event_id or env.event_id.encode(),
-            _source_name(source) if source is not None else env.source,
+            source_of(source) if source is not None else env.source,
             subject if subject is not None else env.ordering_key.encode(),
             occurred_us if occurred_us is not None else env.occurred_at,
         )
-
-
-def _source_name(ce_source: bytes) -> str:
-    if ce_source.startswith(SOURCE_PREFIX):
-        ce_source = ce_source[len(SOURCE_PREFIX) :]
-    return ce_source.decode("utf-8", "replace")

@@ -49,6 +49,7 @@ from consumers.ops import Health
 from consumers.runtime.changelog import ApplyFn, ChangelogReader, TopicPartitionKey
 from gateway import logs
 from gateway.errors import BridgeError
+from schemas.records import quarantine_headers
 
 TXN_TIMEOUT_S = 30.0
 
@@ -550,13 +551,7 @@ class _LoopOutput:
 def quarantine(out: Output, topic: str, stage: str, msg: Any, reason: str) -> None:
     """Send an unusable record to the quarantine topic, in the open transaction."""
     headers = list(msg.headers() or [])
-    headers += [
-        ("x-quarantine-reason", reason.encode()),
-        ("x-quarantine-stage", stage.encode()),
-        ("x-origin-topic", msg.topic().encode()),
-        ("x-origin-partition", str(msg.partition()).encode()),
-        ("x-origin-offset", str(msg.offset()).encode()),
-    ]
+    headers += quarantine_headers(reason, stage, (msg.topic(), msg.partition(), msg.offset()))
     out.emit(topic, msg.key(), msg.value(), headers)
 
 

@@ -4,7 +4,7 @@ A sink gets one routed, decoded `Event` at a time and answers with a
 `DeliveryResult`. It never retries, sleeps or dead-letters by itself: the
 fan-out runner owns the retry budget, the circuit breaker, per-key order, the
 DLQ and the offsets, so a new sink type is only the code that talks to its
-destination (see README "Adding a sink").
+destination (see docs/fanout.md, "Adding a sink").
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from typing import Any, ClassVar
 from gateway.config import Settings, SinkSettings
 from gateway.errors import BridgeError
 from gateway.verify.common import Options
-from schemas.envelope import Envelope, KafkaHeaders
+from schemas.envelope import Envelope
+from schemas.records import KafkaHeaders
 
 # Options every sink accepts; the runner reads them, the sink class never sees them.
 COMMON_OPTIONS: tuple[str, ...] = (

@@ -1,4 +1,4 @@
-"""Benchmark of the compactor and reorderer against the embedded broker (not a test).
+"""Benchmark of the compactor and reorderer on Apache Kafka or the embedded broker (not a test).
 
     python -m tests.bench.bench_consumers [--events 200000] [--ids 1000000,10000000]
         [--only throughput,latency,memory] [--windows 0.2,0] [--rate 2000]
@@ -52,8 +52,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.broker import EmbeddedBroker, free_port
+from gateway.broker import free_port
 from gateway.topics import TopicNames
+from tests.bench.common import BenchBroker, add_broker_argument
 from tests.consumer_support import (
     BASE_US,
     REPO,
@@ -353,16 +354,17 @@ def main() -> int:
         default="throughput,latency,memory",
         help="comma-separated parts to run: throughput, latency, memory",
     )
+    add_broker_argument(parser)
     args = parser.parse_args()
     parts = set(args.only.split(","))
     tmp = Path(tempfile.mkdtemp(prefix="bench-consumers-"))
     all_cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
     rows: list[tuple[str, str]] = []
-    broker = EmbeddedBroker()
+    broker = BenchBroker(args.broker)
     broker.start()
     try:
-        if (os.cpu_count() or 1) > 1 and broker.pid is not None:
-            os.sched_setaffinity(broker.pid, {1})
+        if (os.cpu_count() or 1) > 1:
+            broker.pin({1})
         _pin(1)
         if "throughput" in parts:
             rows += throughput(broker.bootstrap, args.events, args.duplicates, tmp)
@@ -370,7 +372,7 @@ def main() -> int:
             for window in (float(w) for w in args.windows.split(",")):
                 # A fresh broker per run: the embedded broker's read_committed fetch
                 # costs CPU that grows with what it holds (see the module docstring).
-                lat_broker = broker if args.shared_broker else EmbeddedBroker()
+                lat_broker = broker if args.shared_broker else BenchBroker(args.broker)
                 if lat_broker is not broker:
                     # Started unpinned: the broker sizes its thread pool by the CPUs it
                     # may use at start, and on one thread it stalls for seconds.
@@ -378,8 +380,8 @@ def main() -> int:
                         os.sched_setaffinity(0, all_cpus)
                     lat_broker.start()
                     _pin(1)
-                    if (os.cpu_count() or 1) > 1 and lat_broker.pid is not None:
-                        os.sched_setaffinity(lat_broker.pid, {1})
+                    if (os.cpu_count() or 1) > 1:
+                        lat_broker.pin({1})
                 try:
                     lat_prefix = f"lat{os.getpid()}w{int(window * 1000)}"
                     lat_cfg = write_config(
@@ -436,11 +438,12 @@ def main() -> int:
         broker.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     width = max((len(r[0]) for r in rows), default=10)
+    print(f"\nconsumer stages on {broker.name}")
     print(f"\n{'measure'.ljust(width)} | result\n{'-' * width}-+-{'-' * 60}")
     for name, value in rows:
         print(f"{name.ljust(width)} | {value}")
     print(
-        f"(python {sys.version.split()[0]}, {os.cpu_count()} cpus, embedded broker; "
+        f"(python {sys.version.split()[0]}, {os.cpu_count()} cpus, {broker.name}; "
         f"load average {os.getloadavg()[0]:.2f}; "
         f"bench peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MiB)"
     )

@@ -132,7 +132,7 @@ def envelopes(n: int, start: int, paced: bool) -> Any:
 def produce(bootstrap: str, topic: str, n: int, start: int, rate: float = 0.0) -> None:
     from confluent_kafka import Producer
 
-    from schemas.envelope import ce_headers
+    from schemas.records import ce_headers
     from schemas.serde import EnvelopeSerializer
 
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1 if rate else 20})
@@ -249,6 +249,8 @@ def consume_out(bootstrap: str, topic: str, expected: int, timeout_s: float) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
+    from tests.bench.common import BenchBroker, add_broker_argument
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--rate", type=float, default=1000.0)
@@ -267,18 +269,19 @@ def main(argv: list[str] | None = None) -> int:
         help="both sinks' concurrency (attempts in flight; 64 is the default of a sink)",
     )
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
+    add_broker_argument(parser)
     args = parser.parse_args(argv)
     if args.serve:
         serve(args.serve)
         return 0
     sys.path.insert(0, str(REPO))
-    from gateway.broker import EmbeddedBroker, free_port
+    from gateway.broker import free_port
     from gateway.topics import TopicSpec, ensure_topics
 
     broker = None
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if not bootstrap:
-        broker = EmbeddedBroker()
+        broker = BenchBroker(args.broker)
         bootstrap = broker.start()
     port = free_port()
     prefix = f"bench{int(time.time())}"
@@ -358,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         f"\nfan-out benchmark ({args.events} events backlog; paced {args.rate:.0f}/s for "
         f"{args.seconds:.0f} s; fetch.wait.max.ms {args.fetch_wait_ms}; "
         f"concurrency {args.concurrency}; "
+        f"{broker.name if broker is not None else 'broker at ' + bootstrap}; "
         "fan-out pinned to CPU 0, receiver to CPU 1)"
     )
     print(

@@ -1,5 +1,7 @@
 """Gateway benchmark: full path (verify, parse, Avro, produce, wait for the ack) against a
-bare Starlette endpoint that only checks the same HMAC (the ceiling).
+bare Starlette endpoint that only checks the same HMAC (the ceiling) and against a
+naive peer (`peer_app.py`: Starlette + confluent-kafka, the raw body to Kafka with
+acks=all, answered after the ack), under the same load in the same run.
 
 Each server is pinned to core 0; wrk (64 connections, one thread) and the embedded
 broker share core 1. Bodies are Jiko-like, about 600 bytes, each unique and signed
@@ -30,10 +32,20 @@ import time
 import uuid
 from pathlib import Path
 
-from gateway.broker import EmbeddedBroker, free_port
+from gateway.broker import free_port
 from gateway.config import load
-from gateway.topics import ensure_topics, implied_topics, names
-from tests.bench.common import REPO, machine, pinned, python, stop, table, wait_http
+from gateway.topics import TopicSpec, ensure_topics, implied_topics, names
+from tests.bench.common import (
+    REPO,
+    BenchBroker,
+    add_broker_argument,
+    machine,
+    pinned,
+    python,
+    stop,
+    table,
+    wait_http,
+)
 from tests.support import read_topic
 
 SERVER_CORE, LOAD_CORE = 0, 1
@@ -129,17 +141,17 @@ def main() -> int:
     parser.add_argument("--duration", type=int, default=15)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--bodies", type=int, default=250_000)
+    add_broker_argument(parser)
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (make bench installs it: apt-get install wrk)")
     secret = secrets.token_urlsafe(24)
     os.environ["JIKO_WEBHOOK_SECRET"] = secret
     work = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
-    broker = EmbeddedBroker()
+    broker = BenchBroker(args.broker)
     broker.start()
-    assert broker.pid is not None
-    os.sched_setaffinity(broker.pid, {LOAD_CORE})
-    gateway_port, ceiling_port = free_port(), free_port()
+    broker.pin({LOAD_CORE})
+    gateway_port, ceiling_port, peer_port = free_port(), free_port(), free_port()
     prefix = f"bench{int(time.time())}"
     config = work / "bench.toml"
     config.write_text(f"""
@@ -157,7 +169,11 @@ scheme = "jiko"
 secrets = ["JIKO_WEBHOOK_SECRET"]
 """)
     settings = load(config)
-    ensure_topics(settings.admin_config(), implied_topics(settings))
+    peer_topic = f"{prefix}.peer"
+    ensure_topics(
+        settings.admin_config(),
+        [*implied_topics(settings), TopicSpec(peer_topic, settings.topics.partitions, 1)],
+    )
     warmup, measured = work / "warmup.txt", work / "requests.txt"
     write_requests(warmup, 20_000, secret.encode(), run="warmup")
     body_size = write_requests(measured, args.bodies, secret.encode())
@@ -183,18 +199,40 @@ secrets = ["JIKO_WEBHOOK_SECRET"]
                 ceiling_port,
             ),
             (
+                "peer: naive Starlette + confluent-kafka",
+                python(
+                    "-m",
+                    "uvicorn",
+                    "tests.bench.peer_app:app",
+                    "--port",
+                    str(peer_port),
+                    "--loop",
+                    "uvloop",
+                    "--http",
+                    "httptools",
+                    "--log-level",
+                    "warning",
+                    "--no-access-log",
+                ),
+                peer_port,
+            ),
+            (
                 "gateway: full path to Kafka ack",
                 python("-m", "gateway.cli", "gateway", "--config", str(config)),
                 gateway_port,
             ),
         ):
-            server = pinned(SERVER_CORE, argv)
+            server = pinned(
+                SERVER_CORE,
+                argv,
+                env={"PEER_BOOTSTRAP": broker.bootstrap, "PEER_TOPIC": peer_topic},
+            )
             try:
                 base = f"http://127.0.0.1:{port}"
                 url = f"{base}/webhooks/jiko"
                 wait_http(
                     f"{base}/healthz" if "gateway" in name else base, 30
-                ) if "gateway" in name else time.sleep(2)
+                ) if "gateway" in name else time.sleep(3)
                 run_wrk(url, warmup, 3, args.connections)
                 results[name] = run_wrk(url, measured, args.duration, args.connections)
             finally:
@@ -227,15 +265,17 @@ secrets = ["JIKO_WEBHOOK_SECRET"]
         table(
             f"Gateway ({machine()}; {args.connections} connections, {args.duration}s, "
             f"~{body_size} B signed Jiko bodies; server on core {SERVER_CORE}, wrk and "
-            f"broker on core {LOAD_CORE})",
+            f"{broker.name} on core {LOAD_CORE})",
             ["target", "req/s", "p50 ms", "p99 ms", "non-2xx", "socket errors"],
             rows,
         )
     )
-    ratio = gateway["rps"] / ceiling["rps"]
+    peer = results["peer: naive Starlette + confluent-kafka"]
     print(
-        f"\ngateway / ceiling = {ratio:.2f} (goal >= 0.85); gateway p99 "
-        f"{gateway['p99_ms']:.1f} ms (goal <= 30 ms)"
+        f"\ngateway / ceiling = {gateway['rps'] / ceiling['rps']:.2f}; "
+        f"peer / ceiling = {peer['rps'] / ceiling['rps']:.2f}; "
+        f"gateway / peer = {gateway['rps'] / peer['rps']:.2f} (goal >= 1.3); "
+        f"gateway p99 {gateway['p99_ms']:.1f} ms (goal <= 30 ms), peer p99 {peer['p99_ms']:.1f} ms"
     )
     print(
         f"acknowledged (2xx): {acknowledged:.0f}; distinct measured ids in Kafka: {len(keys)} -> "

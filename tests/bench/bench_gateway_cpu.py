@@ -4,7 +4,7 @@
 
 Calls the webhook endpoint (the ASGI app uvicorn would call) directly with signed
 Jiko bodies from ``--concurrency`` coroutines on one loop pinned to core 0, the
-embedded broker on core 1, and prints CPU microseconds per request for:
+broker (Apache Kafka, or the embedded one) on core 1, and prints CPU microseconds per request for:
 
 - ``full``: verify, parse, hash, envelope, Avro, produce and wait for the ack;
 - ``no publish``: the same, but the publish returns at once (what produce and the
@@ -29,11 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from gateway.app import create_app
-from gateway.broker import EmbeddedBroker
 from gateway.config import load
 from gateway.topics import ensure_topics, implied_topics
 from tests.bench.bench_gateway import jiko_body
-from tests.bench.common import machine
+from tests.bench.common import BenchBroker, add_broker_argument, machine
 
 SECRET = "bench-cpu-secret"
 
@@ -91,15 +90,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--concurrency", type=int, default=64)
+    add_broker_argument(parser)
     args = parser.parse_args(argv)
     os.environ["JIKO_WEBHOOK_SECRET"] = SECRET
     bodies = [jiko_body(i) for i in range(120_000)]
     requests = [
         (b, base64.b64encode(hmac.new(SECRET.encode(), b, hashlib.sha256).digest())) for b in bodies
     ]
-    with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as work:
-        assert broker.pid is not None
-        os.sched_setaffinity(broker.pid, {1})
+    with BenchBroker(args.broker) as broker, tempfile.TemporaryDirectory() as work:
+        broker.pin({1})
         os.sched_setaffinity(0, {0})
         config = Path(work) / "cpu.toml"
         config.write_text(
@@ -123,7 +122,10 @@ def main(argv: list[str] | None = None) -> int:
         bare = run(handler, requests[half:], args.seconds, args.concurrency)
         publisher.close(5)
         loop.close()
-    print(f"gateway CPU per request, in process ({machine()}; {args.concurrency} in flight)")
+    print(
+        f"gateway CPU per request, in process ({machine()}; {args.concurrency} in flight; "
+        f"{broker.name})"
+    )
     print(f"  full path to the Kafka ack   {full:6.1f} us")
     print(f"  without the publish          {bare:6.1f} us")
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -64,3 +65,80 @@ def table(title: str, header: Sequence[str], rows: Sequence[Sequence[object]]) -
 
 def machine() -> str:
     return f"{os.cpu_count()} cores, Python {sys.version.split()[0]}"
+
+
+class BenchBroker:
+    """The broker a benchmark runs on: Apache Kafka (one KRaft node from the Maven jars,
+    the default wherever Java 17+ runs) or the embedded broker (`--broker embedded`)."""
+
+    def __init__(self, kind: str = "auto") -> None:
+        from gateway import apache_kafka
+        from gateway.apache_kafka import ApacheKafka
+        from gateway.broker import EmbeddedBroker
+
+        if kind == "auto":
+            kind = "embedded" if apache_kafka.missing_prerequisite() else "apache"
+        self.kind = kind
+        self._apache = ApacheKafka(nodes=1, heap="1g") if kind == "apache" else None
+        self._embedded = EmbeddedBroker() if kind == "embedded" else None
+
+    @property
+    def name(self) -> str:
+        if self._apache is not None:
+            from gateway.apache_kafka import kafka_version
+
+            return f"Apache Kafka {kafka_version()}"
+        return "embedded (Tansu)"
+
+    def start(self) -> str:
+        if self._apache is not None:
+            return self._apache.start()
+        assert self._embedded is not None
+        return self._embedded.start()
+
+    @property
+    def bootstrap(self) -> str:
+        if self._apache is not None:
+            return self._apache.bootstrap
+        assert self._embedded is not None
+        return self._embedded.bootstrap
+
+    def pin(self, cores: set[int]) -> None:
+        """Every thread of the broker process onto `cores` (threads it starts later inherit)."""
+        pids = (
+            list(self._apache.pids().values())
+            if self._apache is not None
+            else [self._embedded.pid]
+            if self._embedded is not None and self._embedded.pid
+            else []
+        )
+        for pid in pids:
+            for task in os.listdir(f"/proc/{pid}/task"):
+                with contextlib.suppress(OSError):  # a thread that ended meanwhile
+                    os.sched_setaffinity(int(task), cores)
+
+    def stop(self) -> None:
+        if self._apache is not None:
+            self._apache.stop()
+        elif self._embedded is not None:
+            self._embedded.stop()
+
+    def __enter__(self) -> BenchBroker:
+        self.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
+def add_broker_argument(parser: object) -> None:
+    import argparse
+
+    assert isinstance(parser, argparse.ArgumentParser)
+    parser.add_argument(
+        "--broker",
+        choices=("auto", "apache", "embedded"),
+        default="auto",
+        help="the broker to measure on: apache (Apache Kafka from the Maven jars; auto when "
+        "Java 17+ is installed) or embedded (Tansu)",
+    )

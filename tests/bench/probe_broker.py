@@ -1,4 +1,4 @@
-"""What one transaction and one hop cost on the embedded broker (not a test).
+"""What one transaction and one hop cost on the broker (Apache Kafka or embedded; not a test).
 
     python -m tests.bench.probe_broker [--transactions 200] [--hops 60]
 
@@ -14,9 +14,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from gateway.broker import EmbeddedBroker
 from gateway.topics import TopicSpec, ensure_topics
-from tests.bench.common import machine
+from tests.bench.common import BenchBroker, add_broker_argument, machine
 
 
 def pct(values: list[float], q: float) -> float:
@@ -31,9 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--transactions", type=int, default=200)
     parser.add_argument("--hops", type=int, default=60)
     parser.add_argument("--fetch-waits", default="20,100,500")
+    add_broker_argument(parser)
     args = parser.parse_args(argv)
 
-    with EmbeddedBroker() as broker:
+    with BenchBroker(args.broker) as broker:
         bootstrap = broker.bootstrap
         ensure_topics(
             {"bootstrap.servers": bootstrap},
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             totals.append((t3 - t0) * 1000)
         group.close()
 
-        print(f"embedded broker probe ({machine()})")
+        print(f"{broker.name} probe ({machine()})")
         print(f"one transaction, {args.transactions} runs (ms):")
         for name, values in (*phases.items(), ("total", totals)):
             print(f"  {name:<16} p50 {pct(values, 0.5):6.1f}   p99 {pct(values, 0.99):6.1f}")
