@@ -91,6 +91,17 @@ def demo_secret_names(raw: Mapping[str, Any]) -> dict[str, str]:
     return wanted
 
 
+def secret_owners(raw: Mapping[str, Any]) -> tuple[set[str], set[str]]:
+    """(the provider secrets' variables, the sink secrets' variables) the config names."""
+    providers = set(demo_secret_names({"sources": raw.get("sources", {})}))
+    sinks = set(demo_secret_names({"sinks": raw.get("sinks", {})}))
+    return providers, sinks
+
+
+def _env_without(names: set[str]) -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in names}
+
+
 def _log(message: str) -> None:
     print(f"[up] {message}", flush=True)
 
@@ -274,6 +285,7 @@ class Child:
     argv: list[str]
     health: str = ""
     port: int | None = None  # a loopback port it listens on that nobody else may hold
+    env: dict[str, str] | None = None  # its environment: only the secrets it uses
     process: subprocess.Popen[bytes] | None = None
     healthy: bool = False
     started_at: float = 0.0
@@ -285,7 +297,7 @@ class Child:
 
     def spawn(self) -> subprocess.Popen[bytes]:
         self.process = subprocess.Popen(  # noqa: S603 - our own CLI, fixed argv
-            [sys.executable, "-m", "gateway.cli", *self.argv]
+            [sys.executable, "-m", "gateway.cli", *self.argv], env=self.env
         )
         self.started_at = time.monotonic()
         self.healthy = not self.health
@@ -297,12 +309,24 @@ class Child:
         return f"{self.name} up (pid {pid})" + (f", {self.health}" if self.health else "")
 
 
-def plan(settings: config_module.Settings, config_path: str, no_consumers: bool) -> list[Child]:
+def plan(
+    settings: config_module.Settings,
+    config_path: str,
+    no_consumers: bool,
+    raw: Mapping[str, Any] | None = None,
+) -> list[Child]:
+    """What to run. Each process gets only the secrets it uses: provider secrets go to
+    the gateway alone, sink secrets to the fan-out and the demo receivers alone."""
     from consumers.sinks.http import demo_receiver_port
 
+    providers, sinks = secret_owners(raw or {})
+    gateway_env = _env_without(sinks - providers)
+    sink_env = _env_without(providers - sinks)
+    stage_env = _env_without(providers | sinks)
     config = ["--config", config_path]
     g = settings.gateway
-    children = [Child("gateway", ["gateway", *config], f"http://{g.host}:{g.port}/healthz")]
+    health = f"http://{g.host}:{g.port}/healthz"
+    children = [Child("gateway", ["gateway", *config], health, env=gateway_env)]
     if no_consumers:
         return children
     for sink in settings.sinks.values():
@@ -317,14 +341,14 @@ def plan(settings: config_module.Settings, config_path: str, no_consumers: bool)
             )
             continue
         argv = ["receiver", "--port", str(port), "--secret-env", str(sink.options["secret"])]
-        children.append(Child(name, argv, f"http://127.0.0.1:{port}/healthz", port))
-    for name, section in (
-        ("compactor", settings.compactor),
-        ("reorderer", settings.reorderer),
-        ("fanout", settings.fanout),
+        children.append(Child(name, argv, f"http://127.0.0.1:{port}/healthz", port, env=sink_env))
+    for name, section, env in (
+        ("compactor", settings.compactor, stage_env),
+        ("reorderer", settings.reorderer, stage_env),
+        ("fanout", settings.fanout, sink_env),
     ):
         health = f"http://{section.metrics_host}:{section.metrics_port}/healthz"
-        children.append(Child(name, [name, *config], health))
+        children.append(Child(name, [name, *config], health, env=env))
     return children
 
 
@@ -545,7 +569,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         for status, name in sorted((v, k) for k, v in supervisor.create_topics().items()):
             _log(f"topic {name}: {status}")
-        supervisor.children = plan(settings, args.config, args.no_consumers)
+        supervisor.children = plan(settings, args.config, args.no_consumers, raw)
         if supervisor.start_all():
             _print_howto(settings, args.config, secrets_file)
             supervisor.supervise()

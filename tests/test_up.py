@@ -251,6 +251,21 @@ def test_up_starts_everything_and_stops_on_ctrl_c(tmp_path: Path) -> None:
             assert f"[up] {name} up (pid" in up.output, up.output
         for name in ("compactor", "reorderer", "fanout"):
             assert httpx.get(f"http://127.0.0.1:{ports[name]}/healthz").status_code == 200
+        # Each process holds only the secrets it uses.
+        for name, held, not_held in (
+            ("gateway", "JIKO_WEBHOOK_SECRET", "DEMO_RECEIVER_SECRET"),
+            ("compactor", None, "JIKO_WEBHOOK_SECRET"),
+            ("compactor", None, "DEMO_RECEIVER_SECRET"),
+            ("fanout", "DEMO_RECEIVER_SECRET", "SVIX_WEBHOOK_SECRET"),
+            ("receiver:demo-receiver", "DEMO_RECEIVER_SECRET", "JIKO_WEBHOOK_SECRET"),
+        ):
+            pid = up.pid(rf"\] {re.escape(name)} up \(pid (\d+)\)")
+            names = {
+                entry.split(b"=", 1)[0].decode()
+                for entry in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            }
+            assert held is None or held in names, (name, held)
+            assert not_held not in names, (name, not_held)
         # The secret values are not printed: they are in the state file.
         assert "whsec_" not in up.output and "demo_" not in up.output.replace("demo_rec", "")
         # `send` in a second terminal, no secret exported: it reads the state file.
