@@ -2,7 +2,7 @@
 
     POST /webhooks/{source}   read (capped) -> verify -> normalise -> Avro -> produce -> ack
     GET  /healthz             the process is alive
-    GET  /readyz              config loaded and the broker answered recently
+    GET  /readyz              the background broker probe reaches a broker (no I/O here)
     GET  /metrics             Prometheus text exposition
 
 Every answer of the webhook endpoint comes from `ANSWERS`, one table.
@@ -14,7 +14,7 @@ import asyncio
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -29,16 +29,22 @@ from starlette.types import Receive, Scope, Send
 from gateway import logs
 from gateway.config import Settings, SourceSettings
 from gateway.errors import VerificationError
-from gateway.metrics import UNKNOWN_SOURCE, GatewayMetrics
+from gateway.metrics import (
+    NO_MODE,
+    GatewayMetrics,
+    broker_reachable_gauge,
+    multiprocess_dir,
+    multiprocess_registry,
+    verified_labels,
+)
 from gateway.normalize import normalize
 from gateway.publisher import Publisher, PublishError
 from gateway.sources import build_verifiers
 from gateway.topics import TopicNames, names
-from gateway.verify.base import REASONS, InboundRequest
+from gateway.verify.base import REASONS, InboundRequest, Verifier
 from schemas.records import ce_headers, quarantine_headers
 from schemas.serde import EnvelopeSerializer
 
-READY_WITHIN_S = 15.0
 RETRY_AFTER_S = "5"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -56,6 +62,8 @@ ANSWERS: dict[str, Answer] = {
     "method_not_allowed": Answer(405, "method_not_allowed", {"error": "use POST"}),
     "unauthorized": Answer(401, "unauthorized", {"error": "verification failed"}),
     "too_large": Answer(413, "too_large", {"error": "body too large"}),
+    # the broker or the producer refused the record's size: a retry cannot fix it
+    "too_large_for_kafka": Answer(413, "too_large", {"error": "too large for Kafka"}),
     "too_slow": Answer(408, "too_slow", {"error": "body not received in time"}),
     "unavailable": Answer(503, "unavailable", {"error": "not acknowledged by Kafka, retry"}),
     "internal_error": Answer(500, "internal_error", {"error": "internal error, retry"}),
@@ -102,13 +110,14 @@ class WebhookEndpoint:
     def __init__(
         self,
         settings: Settings,
+        verifiers: Mapping[str, Verifier],
         publisher: Publisher,
         serializer: EnvelopeSerializer,
         metrics: GatewayMetrics,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.sources: dict[str, SourceSettings] = dict(settings.sources)
-        self.verifiers = build_verifiers(settings)  # reads the secrets: a ConfigError here
+        self.verifiers = verifiers
         self.topics: TopicNames = names(settings)
         self.publisher = publisher
         self.serializer = serializer
@@ -125,8 +134,12 @@ class WebhookEndpoint:
         supplied = headers.get("x-request-id", "")
         request_id = supplied if _REQUEST_ID.match(supplied) else os.urandom(16).hex()
         source = self.sources.get(scope["path_params"]["source"])
-        label = source.name if source is not None else UNKNOWN_SOURCE
-        per_source = self.metrics.by_source[label]
+        if source is None:  # counted once, under "_unknown": a caller makes no label value
+            self.metrics.unknown.inc()
+            status, _, body, extra = self._answer("not_found")
+            await self._send(send, status, body, extra, request_id)
+            return
+        per_source = self.metrics.by_source[source.name]
         self.in_flight += 1
         self.metrics.in_flight.inc()
         try:
@@ -138,7 +151,7 @@ class WebhookEndpoint:
         except Exception as exc:  # a bug: answer and count it; never publish, never crash
             logs.error(
                 "request failed",
-                source=label,
+                source=source.name,
                 request_id=request_id,
                 error=type(exc).__name__,
             )
@@ -148,6 +161,16 @@ class WebhookEndpoint:
             self.metrics.in_flight.dec()
         per_source.outcomes[outcome].inc()
         per_source.request.observe(time.perf_counter() - started)
+        await self._send(send, status, body, extra, request_id)
+
+    @staticmethod
+    async def _send(
+        send: Send,
+        status: int,
+        body: dict[str, str],
+        extra: list[tuple[bytes, bytes]],
+        request_id: str,
+    ) -> None:
         body["request_id"] = request_id
         payload = orjson.dumps(body)
         response_headers = [
@@ -164,11 +187,9 @@ class WebhookEndpoint:
         scope: Scope,
         receive: Receive,
         headers: dict[str, str],
-        source: SourceSettings | None,
+        source: SourceSettings,
         request_id: str,
     ) -> tuple[int, str, dict[str, str], list[tuple[bytes, bytes]]]:
-        if source is None:
-            return self._answer("not_found")
         if scope["method"] != "POST":
             return self._answer("method_not_allowed", [(b"allow", b"POST")])
         per_source = self.metrics.by_source[source.name]
@@ -231,6 +252,7 @@ class WebhookEndpoint:
                 topic, envelope.event_id.encode(), value, kafka_headers, source.deadline_s
             )
         except PublishError as exc:
+            per_source.publish[exc.reason].observe(time.perf_counter() - publish_started)
             per_source.delivery_errors[exc.reason].inc()
             logs.warning(
                 "publish failed",
@@ -238,9 +260,12 @@ class WebhookEndpoint:
                 event_id=envelope.event_id,
                 request_id=request_id,
                 reason=exc.reason,
+                detail=str(exc),
             )
+            if exc.reason == "too_large":
+                return self._answer("too_large_for_kafka")
             return self._unavailable()
-        per_source.publish.observe(time.perf_counter() - publish_started)
+        per_source.publish["acknowledged"].observe(time.perf_counter() - publish_started)
         logs.debug(  # one line per published request at log_level = "debug"
             "published",
             source=source.name,
@@ -276,9 +301,10 @@ class WebhookEndpoint:
     def _verified_counter(
         self, source: str, scheme: str, key_id: str | None, mode: str | None
     ) -> Counter:
-        labels = (source, scheme, key_id or "", mode or "")
+        labels = (source, scheme, key_id or "", mode or NO_MODE)
         child = self._verified.get(labels)
         if child is None:  # bounded: configured sources x their keys x scheme modes
+            # (pre-created from the config at start: a plugin may report more)
             child = self._verified[labels] = self.metrics.verified.labels(*labels)
         return child
 
@@ -291,6 +317,12 @@ class WebhookEndpoint:
 
     def _unavailable(self) -> tuple[int, str, dict[str, str], list[tuple[bytes, bytes]]]:
         return self._answer("unavailable", [(b"retry-after", RETRY_AFTER_S.encode())])
+
+
+async def _every(interval_s: float, action: Callable[[], None]) -> None:
+    while True:
+        await asyncio.sleep(interval_s)
+        action()
 
 
 def registry_topics(settings: Settings) -> list[str]:
@@ -307,11 +339,31 @@ def create_app(
     serializer: EnvelopeSerializer | None = None,
 ) -> Starlette:
     registry = registry if registry is not None else CollectorRegistry()
-    metrics = GatewayMetrics(((s.name, s.deadline_s) for s in settings.sources.values()), registry)
-    publisher = publisher or Publisher(settings.producer_config())
+    verifiers = build_verifiers(settings)  # reads the secrets: a ConfigError here
+    metrics = GatewayMetrics(
+        ((s.name, s.deadline_s) for s in settings.sources.values()),
+        registry,
+        verified=[
+            (s.name, *labels)
+            for s in settings.sources.values()
+            for labels in verified_labels(s, verifiers[s.name])
+        ],
+    )
+    publisher = publisher or Publisher(settings.producer_config(), registry_topics(settings))
     serializer = serializer or EnvelopeSerializer(settings.bridge.schema_registry_url)
-    endpoint = WebhookEndpoint(settings, publisher, serializer, metrics)
+    endpoint = WebhookEndpoint(settings, verifiers, publisher, serializer, metrics)
+    reachable = broker_reachable_gauge(registry, "gateway", lambda: publisher.broker_reachable)
+
+    def refresh_gauges() -> None:
+        """The gauges read from the publisher. One process reads them at each scrape; the
+        workers of `--workers N` also write them every second for the others' scrapes."""
+        metrics.queue.set(publisher.queue_depth())
+        metrics.missing_topics.set(len(publisher.missing_topics))
+        reachable.labels("gateway").set(float(publisher.broker_reachable))
+
     metrics.queue.set_function(publisher.queue_depth)
+    metrics.missing_topics.set_function(lambda: len(publisher.missing_topics))
+    workers = multiprocess_dir() is not None
     publisher.on_rebuild.append(metrics.rebuilds.inc)
 
     @asynccontextmanager
@@ -321,15 +373,19 @@ def create_app(
         if serializer.uses_registry:  # register schemas now, not on the request path
             for topic in registry_topics(settings):  # no-op if server.run did already
                 await loop.run_in_executor(None, serializer.prepare, topic)
+        # Every watched topic once before serving; the watch then takes one per second.
         await loop.run_in_executor(None, publisher.check_broker, 2.0)
         logs.info(
             "gateway ready",
             sources=",".join(settings.sources),
             bootstrap=settings.kafka.get("bootstrap.servers", ""),
         )
+        refresher = asyncio.create_task(_every(1.0, refresh_gauges)) if workers else None
         try:
             yield
         finally:
+            if refresher is not None:
+                refresher.cancel()
             # On the loop thread: flushing serves the last delivery reports.
             left = publisher.close(settings.gateway.drain_timeout_s)
             logs.info("gateway stopped", unflushed=left)
@@ -338,28 +394,28 @@ def create_app(
         return JSONResponse({"status": "ok"})
 
     async def readyz(_request: Request) -> Response:
-        recent = time.monotonic() - publisher.last_ok < READY_WITHIN_S
-        if not recent:
-            loop = asyncio.get_running_loop()
-            recent = await loop.run_in_executor(None, publisher.check_broker, 1.0)
-        if recent:
+        # State the broker watch keeps (a probe a second): never waits on the broker.
+        if publisher.broker_reachable:
             return JSONResponse({"status": "ready"})
         return JSONResponse({"status": "broker unreachable"}, status_code=503)
 
     async def metrics_endpoint(_request: Request) -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        if not workers:
+            return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        refresh_gauges()
+        return Response(generate_latest(multiprocess_registry()), media_type=CONTENT_TYPE_LATEST)
 
+    methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
     routes = [
-        Route(
-            "/webhooks/{source}",
-            endpoint=endpoint,
-            methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
-        ),
+        Route("/webhooks/{source}", endpoint=endpoint, methods=methods),
+        # A provider's POST does not follow a redirect: a trailing slash is the same endpoint.
+        Route("/webhooks/{source}/", endpoint=endpoint, methods=methods),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
+    app.router.redirect_slashes = False  # anything else unknown is a 404, never a 307
     app.state.publisher = publisher
     app.state.metrics = metrics
     app.state.registry = registry

@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 import typing
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from gateway.errors import ConfigError
 from gateway.providers import DEFAULT_SELECTORS
@@ -60,6 +62,10 @@ class GatewaySettings:
     max_in_flight: int = 10_000  # requests waiting for the broker; beyond: 503
     drain_timeout_s: float = 10.0  # SIGTERM: wait this long for in-flight acks
     body_timeout_s: float = 10.0  # a body not fully received by then is answered 408
+    header_timeout_s: float = 10.0  # a request head not received by then closes the connection
+    max_header_bytes: int = 16_384  # a larger request head (line + headers) is answered 431
+    max_headers: int = 100  # more header fields are answered 431
+    workers: int = 1  # processes serving one port (`gateway --workers N`), each with a producer
 
 
 @dataclass(frozen=True)
@@ -118,6 +124,11 @@ class SourceSettings:
     secret_files: tuple[str, ...] = ()  # files holding secrets (relative to the config)
     verify: Mapping[str, Any] = field(default_factory=dict)  # [sources.X.verify], unread
 
+    @property
+    def key_ids(self) -> tuple[str, ...]:
+        """The names the secrets go by (safe to show): variables, and files' base names."""
+        return (*self.secrets, *(Path(f).name for f in self.secret_files))
+
 
 @dataclass(frozen=True)
 class RetrySettings:
@@ -162,7 +173,11 @@ class Settings:
         return tuple(sorted({s.provider for s in self.sources.values()}))
 
     def producer_config(self, **overrides: Any) -> dict[str, Any]:
-        return {**self.kafka, **self.kafka_producer, **overrides}
+        """Every producer's settings; ``message.max.bytes`` fits the largest envelope."""
+        from gateway.sizes import producer_message_max_bytes
+
+        fitted = {"message.max.bytes": str(producer_message_max_bytes(self))}
+        return {**fitted, **self.kafka, **self.kafka_producer, **overrides}
 
     def consumer_config(self, **overrides: Any) -> dict[str, Any]:
         return {**self.kafka, **self.kafka_consumer, **overrides}
@@ -328,6 +343,7 @@ def _check_values(s: Settings) -> None:
     for key, value in (
         ("topics.partitions", s.topics.partitions),
         ("topics.replication_factor", s.topics.replication_factor),
+        ("gateway.workers", s.gateway.workers),
         ("compactor.max_batch", s.compactor.max_batch),
         ("reorderer.max_batch", s.reorderer.max_batch),
         ("compactor.commit_interval_ms", s.compactor.commit_interval_ms),
@@ -336,7 +352,58 @@ def _check_values(s: Settings) -> None:
         if value < 1:
             raise ConfigError(key, "must be at least 1")
     if not 0 < s.gateway.port < 65536:
-        raise ConfigError("gateway.port", "must be between 1 and 65535")
+        raise ConfigError("gateway.port", f"must be between 1 and 65535 (is {s.gateway.port})")
+    for key, port in (
+        ("compactor.metrics_port", s.compactor.metrics_port),
+        ("reorderer.metrics_port", s.reorderer.metrics_port),
+        ("fanout.metrics_port", s.fanout.metrics_port),
+    ):
+        if not 0 <= port < 65536:  # 0 picks a free port
+            raise ConfigError(key, f"must be between 0 (a free one) and 65535 (is {port})")
+    for key, host in (
+        ("gateway.host", s.gateway.host),
+        ("compactor.metrics_host", s.compactor.metrics_host),
+        ("reorderer.metrics_host", s.reorderer.metrics_host),
+        ("fanout.metrics_host", s.fanout.metrics_host),
+    ):
+        if not host or _BAD_HOST.search(host):
+            raise ConfigError(key, "must be a host name or address without spaces")
+    for key, seconds in (
+        ("gateway.deadline_s", s.gateway.deadline_s),
+        ("gateway.body_timeout_s", s.gateway.body_timeout_s),
+        ("gateway.header_timeout_s", s.gateway.header_timeout_s),
+        ("compactor.dedup_horizon_s", s.compactor.dedup_horizon_s),
+    ):
+        if not seconds > 0:
+            raise ConfigError(key, "must be positive")
+    for key, seconds in (
+        ("gateway.drain_timeout_s", s.gateway.drain_timeout_s),
+        ("reorderer.window_s", s.reorderer.window_s),
+    ):
+        if not seconds >= 0:
+            raise ConfigError(key, "must be zero or more")
+    for key, count in (
+        ("gateway.max_in_flight", s.gateway.max_in_flight),
+        ("gateway.body_limit", s.gateway.body_limit),
+        ("gateway.max_headers", s.gateway.max_headers),
+    ):
+        if count < 1:
+            raise ConfigError(key, "must be at least 1")
+    if s.gateway.max_header_bytes < 1024:
+        raise ConfigError("gateway.max_header_bytes", "must be at least 1024")
+    for address in str(s.kafka["bootstrap.servers"]).split(","):
+        problem = _address_problem(address.strip())
+        if problem is not None:
+            raise ConfigError("kafka.bootstrap.servers", problem)
+    if s.bridge.schema_registry_url:
+        problem = url_problem(s.bridge.schema_registry_url)
+        if problem is not None:
+            raise ConfigError("bridge.schema_registry_url", problem)
+    for source in s.sources.values():
+        if not source.reorder_window_s >= 0:
+            raise ConfigError(f"sources.{source.name}.reorder_window_s", "must be zero or more")
+        if not source.dedup_horizon_s > 0:
+            raise ConfigError(f"sources.{source.name}.dedup_horizon_s", "must be positive")
     # Guarantee 1 rests on these two: a 2xx means every in-sync replica has the event,
     # and a retried produce cannot write it twice or out of order.
     producer = s.producer_config()
@@ -344,6 +411,55 @@ def _check_values(s: Settings) -> None:
         raise ConfigError("kafka.producer.acks", "must be all (or -1): a 2xx promises acks=all")
     if str(producer.get("enable.idempotence", "true")).lower() in ("false", "0"):
         raise ConfigError("kafka.producer.enable.idempotence", "must stay true")
+    _check_record_size(s, producer)
+
+
+def _check_record_size(s: Settings, producer: Mapping[str, Any]) -> None:
+    """The largest envelope fits what the producers send and what the topics take."""
+    from gateway.sizes import LIBRDKAFKA_MAX, record_limits
+
+    need = record_limits(s)
+    origin = (
+        f"sources.{need.source}.body_limit = {need.body_limit}"
+        if need.source in s.sources
+        else f"gateway.body_limit = {need.body_limit}"
+    )
+    if need.batch > LIBRDKAFKA_MAX:
+        raise ConfigError(
+            f"sources.{need.source}.body_limit"
+            if need.source in s.sources
+            else "gateway.body_limit",
+            f"too large: its envelope ({need.batch} bytes) exceeds Kafka clients' "
+            f"largest message.max.bytes ({LIBRDKAFKA_MAX})",
+        )
+    mmb_key = (
+        "kafka.producer.message.max.bytes"
+        if "message.max.bytes" in s.kafka_producer
+        else "kafka.message.max.bytes"
+    )
+    mmb = _int_setting(producer.get("message.max.bytes"), mmb_key)
+    if mmb < need.batch:
+        raise ConfigError(
+            mmb_key,
+            f"must be at least {need.batch} (is {mmb}): the largest envelope, {origin} plus "
+            f"{need.overhead} bytes of envelope and record overhead, would not fit; "
+            "lower the body_limit or raise this",
+        )
+    topic_max = s.topics.config.get("max.message.bytes")
+    if topic_max is not None and _int_setting(topic_max, "topics.config.max.message.bytes") < mmb:
+        raise ConfigError(
+            "topics.config.max.message.bytes",
+            f"must be at least the producers' message.max.bytes, {mmb} (is {topic_max}): "
+            f"a batch the producer builds would be refused (the largest envelope, {origin}, "
+            f"needs {need.batch})",
+        )
+
+
+def _int_setting(value: Any, key: str) -> int:
+    try:
+        return int(str(value))
+    except ValueError:
+        raise ConfigError(key, "must be an integer number of bytes") from None
 
 
 def _kafka(
@@ -528,6 +644,11 @@ def _sink(name: str, table: Mapping[str, Any], env: Mapping[str, str]) -> SinkSe
     retry = _section(RetrySettings, _table(table, "retry", where + "."), f"{where}.retry", env)
     if retry.max_attempts < 1:
         raise ConfigError(f"{where}.retry.max_attempts", "must be at least 1")
+    for key in ("initial_backoff_s", "max_backoff_s", "max_elapsed_s"):
+        if not getattr(retry, key) > 0:
+            raise ConfigError(f"{where}.retry.{key}", "must be positive")
+    if retry.max_backoff_s < retry.initial_backoff_s:
+        raise ConfigError(f"{where}.retry.max_backoff_s", "must be at least initial_backoff_s")
     options = {
         k: v
         for k, v in table.items()
@@ -549,6 +670,40 @@ def _globs(table: Mapping[str, Any], key: str, where: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
         raise ConfigError(f"{where}.{key}", "must be a non-empty list of glob patterns")
     return tuple(value)
+
+
+def url_problem(url: str) -> str | None:
+    """Why `url` is no usable absolute http(s) URL, or None. One check for every URL."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises ValueError when out of 0-65535 or not a number
+    except ValueError as exc:
+        if "port" in str(exc).lower():
+            return "port must be a number between 1 and 65535"
+        return "not a valid URL"
+    if parts.scheme not in ("http", "https"):
+        return "must be an absolute http:// or https:// URL"
+    host = parts.hostname or ""
+    if not host or _BAD_HOST.search(host):
+        return "needs a host name without spaces or control characters"
+    if port is not None and not 0 < port < 65536:
+        return "port must be between 1 and 65535"
+    return None
+
+
+_BAD_HOST = re.compile(r"[\s\x00-\x1f\x7f/\\?#@]")
+
+
+def _address_problem(address: str) -> str | None:
+    """`host[:port]`, maybe after a ``proto://`` (librdkafka's bootstrap server forms)."""
+    host, sep, port = address.split("://", 1)[-1].rpartition(":")
+    if not sep or "]" in port:  # no port (librdkafka's default), or a bare [IPv6] address
+        host, port = address.split("://", 1)[-1], ""
+    if not host or _BAD_HOST.search(host):
+        return f"{address!r} is not host:port"
+    if port and (not port.isdigit() or not 0 < int(port) < 65536):
+        return f"{address!r}: port must be between 1 and 65535"
+    return None
 
 
 def _is_name(text: str) -> bool:

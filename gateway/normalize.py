@@ -28,40 +28,21 @@ import orjson
 from gateway.config import SourceSettings
 from gateway.selectors import Selector
 from gateway.verify.base import VerifiedRequest
-from schemas.envelope import Envelope, Verification
-
-# Request headers kept in the envelope. Never Authorization, cookies or signatures.
-HEADER_ALLOW_LIST = frozenset(
-    {
-        "content-type",
-        "user-agent",
-        "x-request-id",
-        "webhook-id",
-        "webhook-timestamp",
-        "svix-id",
-        "svix-timestamp",
-        "x-github-event",
-        "x-github-delivery",
-        "x-github-hook-id",
-        "x-shopify-topic",
-        "x-shopify-webhook-id",
-        "x-shopify-event-id",
-        "x-shopify-shop-domain",
-        "x-shopify-api-version",
-        "x-slack-request-timestamp",
-        "x-slack-retry-num",
-        "x-slack-retry-reason",
-        "key-id",
-    }
+from schemas.envelope import (
+    HEADER_ALLOW_LIST,
+    MAX_HEADER_VALUE,
+    MAX_ID_LENGTH,
+    MAX_KEY_LENGTH,
+    MAX_TYPE_LENGTH,
+    Envelope,
+    Verification,
 )
+
 FIELDS = ("id", "type", "occurred_at", "ordering_key")  # the fields selectors fill
-MAX_HEADER_VALUE = 1024
-MAX_ID_LENGTH = 256
-MAX_TYPE_LENGTH = 256
-MAX_KEY_LENGTH = 512
 _MIN_US = 0
 _MAX_US = 7_258_118_400_000_000  # 2200-01-01
 _FRACTION = re.compile(r"(\.\d{1,6})\d*")
+_INTEGER = re.compile(r"[+-]?[0-9]+")
 
 
 def normalize(
@@ -155,11 +136,9 @@ def _event_id(
 ) -> tuple[str, str]:
     if selector is not None:
         found = selector.select(document, verified)
-        if found is not None:
-            value, origin = found
-            text = str(value)
-            if 0 < len(text) <= MAX_ID_LENGTH and text.isprintable():
-                return text, "PAYLOAD" if origin == "payload" else "HEADER"
+        text = None if found is None else _usable_text(found[0], MAX_ID_LENGTH)
+        if found is not None and text is not None:
+            return text, "PAYLOAD" if found[1] == "payload" else "HEADER"
     return body_hash(document, body, strict), "BODY_HASH"
 
 
@@ -169,9 +148,19 @@ def _text(
     if selector is None:
         return None
     found = selector.select(document, verified)
-    if found is None or isinstance(found[0], bool):
+    return None if found is None else _usable_text(found[0], limit)
+
+
+def _usable_text(value: Any, limit: int) -> str | None:
+    """A string or a number as text, if it is non-empty, printable and at most `limit`
+    characters; else None. Bools, NaN and infinities are no identifiers."""
+    if isinstance(value, bool) or (isinstance(value, float) and not math.isfinite(value)):
         return None
-    text = str(found[0])
+    if isinstance(value, int) and abs(value) >= 10**limit:  # too long, and str() may refuse
+        return None
+    if not isinstance(value, str | int | float):
+        return None
+    text = str(value)
     return text if 0 < len(text) <= limit and text.isprintable() else None
 
 
@@ -188,34 +177,63 @@ def _occurred_at(
 
 
 def parse_time(value: Any) -> int | None:
-    """ISO 8601 text or a Unix time in s / ms / us / ns (by magnitude) -> microseconds."""
-    micros: int | None = None
+    """ISO 8601 text or a Unix time in s / ms / us / ns (by magnitude) -> microseconds.
+
+    Anything else (bools, NaN, infinities, numbers no clock could mean, dates outside
+    1970-2200) is None: the caller falls back to the time received. Never raises."""
     if isinstance(value, bool):
         return None
     if isinstance(value, str):
-        text = value.strip()
-        try:
-            value = float(text)
-        except ValueError:
-            try:
-                parsed = datetime.fromisoformat(_FRACTION.sub(r"\1", text))
-            except ValueError:
-                return None
-            if parsed.tzinfo is None:
-                parsed = parsed.replace(tzinfo=UTC)
-            micros = int(parsed.timestamp()) * 1_000_000 + parsed.microsecond
-    if micros is None and isinstance(value, int | float):
-        if not math.isfinite(value):
+        return _parse_time_text(value.strip())
+    if isinstance(value, int):
+        if abs(value) > _MAX_NUMERIC_TIME:  # beyond nanoseconds of 2200: no clock's reading
             return None
-        magnitude = abs(value)
-        scale = (
-            1e-3
-            if magnitude > 1e17
-            else 1
-            if magnitude > 1e14
-            else (1e3 if magnitude > 1e11 else 1e6)
-        )
-        micros = int(value * scale)
-    if micros is None or not _MIN_US <= micros <= _MAX_US:
+        return _in_range(_int_micros(value))
+    if isinstance(value, float):
+        if not math.isfinite(value) or abs(value) > _MAX_NUMERIC_TIME:
+            return None
+        return _in_range(int(value * _scale(abs(value))))
+    return None
+
+
+_MAX_NUMERIC_TIME = 10**19  # nanoseconds until 2286; anything larger is not a time
+
+
+def _scale(magnitude: float) -> float:
+    """Seconds, milliseconds, microseconds or nanoseconds, told apart by magnitude."""
+    if magnitude > 1e17:
+        return 1e-3
+    if magnitude > 1e14:
+        return 1
+    return 1e3 if magnitude > 1e11 else 1e6
+
+
+def _int_micros(value: int) -> int:
+    # integer arithmetic: a float would round nanosecond timestamps
+    magnitude = abs(value)
+    if magnitude > 10**17:
+        return value // 1000
+    if magnitude > 10**14:
+        return value
+    return value * 1000 if magnitude > 10**11 else value * 1_000_000
+
+
+def _parse_time_text(text: str) -> int | None:
+    if _INTEGER.fullmatch(text):  # integer arithmetic keeps nanosecond precision
+        return parse_time(int(text)) if len(text) <= 21 else None
+    try:
+        return parse_time(float(text))
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(_FRACTION.sub(r"\1", text))
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        micros = int(parsed.timestamp()) * 1_000_000 + parsed.microsecond
+    except (ValueError, OverflowError):  # also years the platform cannot convert
         return None
-    return micros
+    return _in_range(micros)
+
+
+def _in_range(micros: int) -> int | None:
+    return micros if _MIN_US <= micros <= _MAX_US else None

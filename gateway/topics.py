@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from confluent_kafka.admin import AdminClient
 
 CLEANUP_POLICY = "cleanup.policy"
+MAX_MESSAGE_BYTES = "max.message.bytes"
 COMPACTED = {CLEANUP_POLICY: "compact"}
 
 
@@ -82,18 +83,23 @@ def implied_topics(settings: Settings) -> list[TopicSpec]:
     t = names(settings)
     parts, rf = settings.topics.partitions, settings.topics.replication_factor
     base = dict(settings.topics.config)
+    # Topics holding envelopes take every batch the producers build (gateway.sizes).
+    fits = {MAX_MESSAGE_BYTES: str(settings.producer_config()["message.max.bytes"]), **base}
     specs: list[TopicSpec] = []
     for provider in settings.providers:
         for name in (t.raw(provider), t.unique(provider), t.ordered(provider)):
-            specs.append(TopicSpec(name, parts, rf, dict(base)))
-        for name, source in (
-            (t.dedup_state(provider), t.raw(provider)),
-            (t.reorder_state(provider), t.unique(provider)),
-        ):
-            specs.append(TopicSpec(name, parts, rf, {**base, **COMPACTED}, source))
-    specs.append(TopicSpec(t.quarantine, parts, rf, dict(base)))
+            specs.append(TopicSpec(name, parts, rf, dict(fits)))
+        specs.append(
+            TopicSpec(t.dedup_state(provider), parts, rf, {**base, **COMPACTED}, t.raw(provider))
+        )
+        specs.append(
+            TopicSpec(
+                t.reorder_state(provider), parts, rf, {**fits, **COMPACTED}, t.unique(provider)
+            )
+        )
+    specs.append(TopicSpec(t.quarantine, parts, rf, dict(fits)))
     for sink in sorted(settings.sinks):
-        specs.append(TopicSpec(t.dlq(sink), parts, rf, dict(base)))
+        specs.append(TopicSpec(t.dlq(sink), parts, rf, dict(fits)))
     return specs
 
 
@@ -365,7 +371,11 @@ def _check_config(spec: TopicSpec, found: Mapping[str, Found], report: TopicRepo
                     "(only) compacted loses state after retention",
                 )
         elif value is None or value.strip() != wanted.strip():
-            report.add("warning", spec.name, f"{key} wanted {wanted}, found {shown}")
+            report.add(
+                "warning",
+                spec.name,
+                f"{key} wanted {wanted}, found {shown}{_why(key, wanted, value)}",
+            )
     if CLEANUP_POLICY not in spec.config:
         entry = found.get(CLEANUP_POLICY)
         if entry is not None and "compact" in _policies(entry.value):
@@ -375,3 +385,20 @@ def _check_config(spec: TopicSpec, found: Mapping[str, Found], report: TopicRepo
                 f"{CLEANUP_POLICY} wanted delete (broker default), found {entry}; "
                 "compaction drops older records with the same key",
             )
+
+
+def _why(key: str, wanted: str, found: str | None) -> str:
+    """What a differing value breaks, where that is known."""
+    smaller = (
+        key == MAX_MESSAGE_BYTES
+        and found is not None
+        and found.isdigit()
+        and wanted.isdigit()
+        and int(found) < int(wanted)
+    )
+    if smaller:
+        return (
+            "; the largest envelopes would be refused (answered 413): raise it with "
+            f"kafka-configs --alter --add-config {MAX_MESSAGE_BYTES}={wanted}"
+        )
+    return ""

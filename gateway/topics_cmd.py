@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from collections.abc import Mapping
+from pathlib import Path
 
 from gateway import config as config_module
 from gateway.cli import add_config_argument
+from gateway.config import Settings
 from gateway.topics import create_and_check_topics, implied_topics
 
 
@@ -43,15 +47,23 @@ def run(args: argparse.Namespace) -> int:
 
 
 def check(args: argparse.Namespace) -> int:
-    """Everything a process would check at start-up, for every process at once."""
-    import os
+    """`webhook-bridge check-config`: everything a process would check at start-up, for
+    every process at once. Raises ConfigError (one line, exit code 2) on the first problem."""
+    settings = load_checked(args.config)
+    print(f"config ok: {len(settings.sources)} sources, {len(settings.sinks)} sinks")
+    return 0
 
+
+def load_checked(path: str | Path, env: Mapping[str, str] | None = None) -> Settings:
+    """Load the config and validate what only the processes would otherwise find at their
+    start (every source's secrets and verifier, every sink's options, resolved with its
+    class): the one check before anything starts, for `check-config` and `up` alike."""
     from consumers.sinks.registry import validate_sink
     from gateway.sources import build_verifiers
 
-    settings = config_module.load(args.config)
+    env = dict(os.environ) if env is None else env
+    settings = config_module.load(path, env)
     build_verifiers(settings)  # the gateway's sources: secrets, verify options, keys
     for sink in settings.sinks.values():
-        validate_sink(sink, os.environ)
-    print(f"config ok: {len(settings.sources)} sources, {len(settings.sinks)} sinks")
-    return 0
+        validate_sink(sink, env)
+    return settings

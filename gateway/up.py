@@ -542,7 +542,6 @@ def _terminate(processes: list[subprocess.Popen[bytes]], timeout_s: float) -> No
 
 def run(args: argparse.Namespace) -> int:
     from gateway import topics_cmd
-    from gateway.cli import build_parser
 
     state_dir = Path(args.state_dir)
     secrets_file = state_dir / demo_secrets.FILE_NAME
@@ -556,12 +555,12 @@ def run(args: argparse.Namespace) -> int:
             f"{len(generated)} new, {len(reused)} kept from the last run); `send` reads them "
             "there; set a variable to choose your own"
         )
-    # The same checks as `webhook-bridge check-config`, before anything starts.
-    check = build_parser("check-config").parse_args(["check-config", "--config", args.config])
-    code = topics_cmd.check(check)
-    if code:
-        return code
-    settings = config_module.load(args.config)
+    # The checks of `webhook-bridge check-config`, before anything starts.
+    settings = topics_cmd.load_checked(args.config)
+    _log(
+        f"config ok: {len(settings.sources)} sources, {len(settings.sinks)} sinks "
+        "(the checks of check-config)"
+    )
     broker = start_broker(settings, args.broker, state_dir)
     supervisor = Supervisor(settings, [], broker)
     signal.signal(signal.SIGINT, supervisor.on_signal)

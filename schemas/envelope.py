@@ -12,6 +12,37 @@ ID_ORIGINS = ("PAYLOAD", "HEADER", "BODY_HASH")
 TIME_ORIGINS = ("PAYLOAD", "HEADER", "RECEIVED")
 CE_SPECVERSION = "1.0"
 
+# What the gateway keeps in an envelope: these request headers (never Authorization,
+# cookies or signatures), and text fields cut at these lengths (in characters). The
+# record-size bound (`gateway.sizes`) rests on them.
+HEADER_ALLOW_LIST = frozenset(
+    {
+        "content-type",
+        "user-agent",
+        "x-request-id",
+        "webhook-id",
+        "webhook-timestamp",
+        "svix-id",
+        "svix-timestamp",
+        "x-github-event",
+        "x-github-delivery",
+        "x-github-hook-id",
+        "x-shopify-topic",
+        "x-shopify-webhook-id",
+        "x-shopify-event-id",
+        "x-shopify-shop-domain",
+        "x-shopify-api-version",
+        "x-slack-request-timestamp",
+        "x-slack-retry-num",
+        "x-slack-retry-reason",
+        "key-id",
+    }
+)
+MAX_HEADER_VALUE = 1024
+MAX_ID_LENGTH = 256
+MAX_TYPE_LENGTH = 256
+MAX_KEY_LENGTH = 512
+
 
 @dataclass(frozen=True, slots=True)
 class Verification:

@@ -23,7 +23,6 @@ import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache
-from itertools import combinations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -67,6 +66,8 @@ METRIC_CATALOGUE = frozenset(
         "webhook_bridge_gateway_producer_rebuilds_total",
         "webhook_bridge_gateway_body_size_bytes",
         "webhook_bridge_gateway_selector_fallbacks_total",
+        "webhook_bridge_gateway_missing_topics",
+        "webhook_bridge_broker_reachable",
         "webhook_bridge_stage_consumed_total",
         "webhook_bridge_stage_forwarded_total",
         "webhook_bridge_stage_quarantined_total",
@@ -202,11 +203,11 @@ def code_metrics() -> Mapping[str, CodeMetric]:
 
     from consumers.fanout.metrics import FanoutMetrics
     from consumers.metrics import CompactorMetrics, ReordererMetrics, StageMetrics
-    from gateway.metrics import GatewayMetrics
+    from gateway.metrics import GatewayMetrics, broker_reachable_gauge
 
     registry = CollectorRegistry()
-    gateway = GatewayMetrics([("source", 1.0)], registry)
-    gateway.verified.labels("source", "scheme", "key_id", "mode")  # created on first use
+    GatewayMetrics([("source", 1.0)], registry, verified=[("source", "scheme", "key_id", "mode")])
+    broker_reachable_gauge(registry, "process", lambda: True)
     StageMetrics("stage", ["provider"], registry)
     CompactorMetrics(["provider"], registry)
     ReordererMetrics(["provider"], registry)
@@ -262,41 +263,13 @@ def scrape_components() -> frozenset[str]:
     )
 
 
-def verifier_key_ids(settings: Settings, name: str) -> frozenset[str]:
-    """Every ``key_id`` a source's verifier can report: its secrets' names, and for J.P.
-    Morgan the pinned key ids of the bearer JWT and body-signature methods."""
-    from gateway.sources import build_verifiers, verify_context
-    from gateway.verify.jpmorgan import JPMorganVerifier
-
-    found = {s.key_id for s in verify_context(settings, name).secrets}
-    verifier = build_verifiers(settings)[name]
-    if isinstance(verifier, JPMorganVerifier):
-        if verifier.bearer is not None:
-            found.update(k.kid for k in verifier.bearer.all if k.kid)
-        if verifier.signature is not None:
-            found.update(p.key_id for p in verifier.signature.pinned.values())
-    return frozenset(found)
-
-
-def verifier_modes() -> frozenset[str]:
-    """Every ``mode`` a built-in verifier can report ("" for schemes without modes)."""
-    from gateway.verify import jpmorgan, justwallet
-
-    wallet = set(justwallet.MODE_NAMES)  # reported as configured
-    methods = {  # the configured methods, in METHODS order, joined by "+"
-        "+".join(chosen)
-        for size in range(1, len(jpmorgan.METHODS) + 1)
-        for chosen in combinations(jpmorgan.METHODS, size)
-    }
-    return frozenset({"", *wallet, *methods})
-
-
 def label_domains(settings: Settings) -> dict[str, dict[str, frozenset[str]]]:
     """metric -> label -> every value the code gives that label under `settings`.
 
     Built from the code's own tables (gateway ANSWERS and OUTCOMES, verification REASONS,
-    DELIVERY_ERRORS, the normalised FIELDS, QUARANTINE_REASONS, DLQ_REASONS, the stage
-    names, the verifiers' modes) and the configured sources, providers and sinks, never
+    DELIVERY_ERRORS and PUBLISH_OUTCOMES, the normalised FIELDS, QUARANTINE_REASONS,
+    DLQ_REASONS, the stage names, what each configured verifier reports) and the
+    configured sources, providers and sinks, never
     from copied literals. Every
     metric of METRIC_CATALOGUE is a key, plus ``up`` (component from the scrape config).
     """
@@ -304,27 +277,39 @@ def label_domains(settings: Settings) -> dict[str, dict[str, frozenset[str]]]:
     from consumers.fanout.metrics import DLQ_REASONS
     from consumers.metrics import QUARANTINE_REASONS
     from gateway.app import ANSWERS
-    from gateway.metrics import DELIVERY_ERRORS, OUTCOMES, UNKNOWN_SOURCE
+    from gateway.metrics import (
+        DELIVERY_ERRORS,
+        OUTCOMES,
+        PUBLISH_OUTCOMES,
+        UNKNOWN_SOURCE,
+        verified_labels,
+    )
     from gateway.normalize import FIELDS
     from gateway.sources import build_verifiers
     from gateway.verify.base import REASONS
 
     configured = frozenset(settings.sources)
-    source = configured | {UNKNOWN_SOURCE}  # an unknown path is counted as _unknown
+    # An unknown path is counted as _unknown in the answers it gets (404) only; its
+    # verification failures stay (at 0) while an alert rule excludes source!="_unknown".
+    source = configured | {UNKNOWN_SOURCE}
     provider = frozenset(settings.providers)
     sink = frozenset(settings.sinks)
     stage = frozenset({compactor.STAGE, reorderer.STAGE})
     outcome = frozenset({*OUTCOMES, *(answer.outcome for answer in ANSWERS.values())})
+    verifiers = build_verifiers(settings)
+    reported = [
+        labels
+        for src in settings.sources.values()
+        for labels in verified_labels(src, verifiers[src.name])
+    ]
     verified = {
         "source": configured,  # an unknown source never verifies
-        "scheme": frozenset(v.scheme for v in build_verifiers(settings).values()),
-        "key_id": frozenset(
-            {"", *(k for name in settings.sources for k in verifier_key_ids(settings, name))}
-        ),
-        "mode": verifier_modes(),
+        "scheme": frozenset(scheme for scheme, _, _ in reported),
+        "key_id": frozenset(key_id for _, key_id, _ in reported),
+        "mode": frozenset(mode for _, _, mode in reported),
     }
     g, s, f = "webhook_bridge_gateway", "webhook_bridge_stage", "webhook_bridge_fanout"
-    by_source = {"source": source}
+    by_source = {"source": configured}
     by_stage = {"stage": stage}
     by_stage_provider = {"stage": stage, "provider": provider}
     by_provider = {"provider": provider}
@@ -333,15 +318,21 @@ def label_domains(settings: Settings) -> dict[str, dict[str, frozenset[str]]]:
         f"{g}_requests_total": {"source": source, "outcome": outcome},
         f"{g}_verification_failures_total": {"source": source, "reason": frozenset(REASONS)},
         f"{g}_verified_total": verified,
-        f"{g}_publish_duration_seconds": by_source,
+        f"{g}_publish_duration_seconds": {
+            "source": configured,
+            "outcome": frozenset(PUBLISH_OUTCOMES),
+        },
         f"{g}_request_duration_seconds": by_source,
         f"{g}_deadline_seconds": by_source,
         f"{g}_in_flight_requests": {},
         f"{g}_producer_queue_messages": {},
-        f"{g}_delivery_errors_total": {"source": source, "reason": frozenset(DELIVERY_ERRORS)},
+        f"{g}_delivery_errors_total": {"source": configured, "reason": frozenset(DELIVERY_ERRORS)},
         f"{g}_producer_rebuilds_total": {},
+        f"{g}_missing_topics": {},
+        # Every process names itself (the consumer processes report theirs too).
+        "webhook_bridge_broker_reachable": {"process": frozenset({"gateway", *stage, "fanout"})},
         f"{g}_body_size_bytes": by_source,
-        f"{g}_selector_fallbacks_total": {"source": source, "field": frozenset(FIELDS)},
+        f"{g}_selector_fallbacks_total": {"source": configured, "field": frozenset(FIELDS)},
         f"{s}_consumed_total": by_stage_provider,
         f"{s}_forwarded_total": by_stage_provider,
         f"{s}_quarantined_total": {"stage": stage, "reason": frozenset(QUARANTINE_REASONS)},

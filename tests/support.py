@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
@@ -67,6 +68,42 @@ secrets = ["JUSTWALLET_WEBHOOK_SECRET"]
 """
 
 
+class LogRecords(logging.Handler):
+    """Every record of the `webhook_bridge` loggers, also once `logs.setup()` stopped them
+    propagating to the root logger (where pytest's caplog listens)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def fields(self, *messages: str) -> list[dict[str, Any]]:
+        """msg, level and the structured fields of the records with one of `messages`."""
+        return [
+            {"msg": r.getMessage(), "level": r.levelno, **getattr(r, "fields", {})}
+            for r in self.records
+            if r.getMessage() in messages
+        ]
+
+    def clear(self) -> None:
+        self.records.clear()
+
+
+@contextmanager
+def captured_logs(level: int = logging.DEBUG) -> Iterator[LogRecords]:
+    logger = logging.getLogger("webhook_bridge")
+    handler, previous = LogRecords(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -74,11 +111,18 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve(app: Any) -> Iterator[str]:
-    """Run an ASGI app under a real uvicorn server on a free loopback port."""
+def serve(app: Any, settings: Settings | None = None) -> Iterator[str]:
+    """Run an ASGI app under a real uvicorn server on a free loopback port; with
+    `settings`, under the gateway's own server configuration (gateway.server)."""
     port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
+    if settings is not None:
+        from gateway.server import uvicorn_config
+
+        config = uvicorn_config(
+            app, settings, "127.0.0.1", port, log_level="error", timeout_graceful_shutdown=5
+        )
+    else:
+        config = uvicorn.Config(
             app,
             host="127.0.0.1",
             port=port,
@@ -86,7 +130,7 @@ def serve(app: Any) -> Iterator[str]:
             lifespan="on",
             timeout_graceful_shutdown=5,
         )
-    )
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20

@@ -410,3 +410,140 @@ def test_docs_state_the_provider_rules() -> None:
     assert "the rule is `deadline_s < 3.0`" in docs
     assert config.RESENDS_FOR_S == {"jpmorgan": 259200.0}
     assert "`dedup_horizon_s` under 259200 (72 h)" in docs
+
+
+# --------------------------------------------------------------------------- record size
+
+
+def test_producers_and_envelope_topics_fit_the_largest_envelope() -> None:
+    from gateway.sizes import record_limits
+    from gateway.topics import implied_topics
+
+    settings = settings_from_toml(MINIMAL)  # body_limit 1 MiB: more than librdkafka's 1 MB
+    need = record_limits(settings)
+    assert need.body_limit == 1_048_576 and need.batch > 1_048_576
+    assert int(settings.producer_config()["message.max.bytes"]) == need.batch
+    by_name = {spec.name: spec.config for spec in implied_topics(settings)}
+    for name in (
+        "webhooks.jiko",
+        "webhooks.jiko.unique",
+        "webhooks.jiko.ordered",
+        "webhooks.jiko.reorder-state",
+        "webhooks.quarantine",
+    ):
+        assert by_name[name]["max.message.bytes"] == str(need.batch), name
+    assert "max.message.bytes" not in by_name["webhooks.jiko.dedup-state"]  # ids only
+
+
+@pytest.mark.parametrize(
+    ("extra", "key"),
+    [
+        ('[kafka.producer]\n"message.max.bytes" = 1000000\n', "kafka.producer.message.max.bytes"),
+        ('"message.max.bytes" = 1000000\n', "kafka.message.max.bytes"),
+        ('[topics.config]\n"max.message.bytes" = "1048588"\n', "topics.config.max.message.bytes"),
+    ],
+)
+def test_a_body_limit_whose_envelope_would_not_fit_is_refused(extra: str, key: str) -> None:
+    text = MINIMAL.replace("[sources.jiko]", extra + "[sources.jiko]")
+    if extra.startswith('"message'):  # a [kafka] key: it goes under [kafka]
+        text = MINIMAL.replace('"bootstrap.servers"', extra + '"bootstrap.servers"')
+    with pytest.raises(ConfigError) as caught:
+        settings_from_toml(text)
+    assert caught.value.key == key
+    assert "sources.jiko.body_limit = 1048576" in str(caught.value)
+    # the same settings take a body limit whose envelope fits
+    settings_from_toml(text.replace('scheme = "jiko"', 'scheme = "jiko"\nbody_limit = 900000'))
+
+
+def test_a_body_limit_beyond_any_kafka_client_is_refused() -> None:
+    with pytest.raises(ConfigError, match="too large") as caught:
+        settings_from_toml(MINIMAL + "body_limit = 2000000000\n")
+    assert caught.value.key == "sources.jiko.body_limit"
+
+
+# --------------------------------------------------------------------------- check-config
+
+SINK = """[sinks.ledger]
+type = "http"
+url = "http://receiver.internal:8100/events"
+secret = "DEMO_RECEIVER_SECRET"
+"""
+
+
+@pytest.mark.parametrize(
+    ("change", "key", "problem"),
+    [
+        (("receiver.internal:8100", "receiver.internal:99999"), "sinks.ledger.url", "port must"),
+        (("receiver.internal:8100", "receiver.internal:0"), "sinks.ledger.url", "port must"),
+        (("receiver.internal:8100", "receiver internal:8100"), "sinks.ledger.url", "host name"),
+        (("http://receiver", "ftp://receiver"), "sinks.ledger.url", "http:// or https://"),
+        (("http://receiver.internal:8100/events", "/events"), "sinks.ledger.url", "absolute"),
+        (("[sinks.ledger]", "[sinks.ledger]\ntimeout_s = -1"), "sinks.ledger.timeout_s", ""),
+        (
+            ("[sinks.ledger]", "[sinks.ledger]\nmax_connections = 0"),
+            "sinks.ledger.max_connections",
+            "",
+        ),
+        (
+            ("[sinks.ledger]", "[sinks.ledger.retry]\ninitial_backoff_s = 0\n[sinks.ledger]"),
+            "sinks.ledger.retry.initial_backoff_s",
+            "positive",
+        ),
+        (("[sinks.ledger]", "[gateway]\nport = 70000\n[sinks.ledger]"), "gateway.port", "65535"),
+        (
+            ("[sinks.ledger]", "[compactor]\nmetrics_port = 70000\n[sinks.ledger]"),
+            "compactor.metrics_port",
+            "65535",
+        ),
+        (
+            ("[sinks.ledger]", '[fanout]\nmetrics_host = "a b"\n[sinks.ledger]'),
+            "fanout.metrics_host",
+            "without spaces",
+        ),
+        (
+            ("[sinks.ledger]", "[gateway]\nbody_timeout_s = 0.0\n[sinks.ledger]"),
+            "gateway.body_timeout_s",
+            "positive",
+        ),
+        (("127.0.0.1:9092", "127.0.0.1:99999"), "kafka.bootstrap.servers", "65535"),
+        (
+            (
+                "[sinks.ledger]",
+                '[bridge]\nschema_registry_url = "http://reg:99999"\n[sinks.ledger]',
+            ),
+            "bridge.schema_registry_url",
+            "port must",
+        ),
+        (('scheme = "jiko"', 'scheme = "jiko"\ndeadline_s = 0'), "sources.jiko.deadline_s", ""),
+        (
+            ('scheme = "jiko"', 'scheme = "jiko"\nreorder_window_s = -1.0'),
+            "sources.jiko.reorder_window_s",
+            "zero or more",
+        ),
+    ],
+)
+def test_check_config_names_every_bad_value_in_one_line(
+    change: tuple[str, str],
+    key: str,
+    problem: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from gateway.cli import main
+
+    for name, value in DEMO_ENV.items():
+        monkeypatch.setenv(name, value)
+    good = MINIMAL + SINK
+    path = tmp_path / "c.toml"
+    path.write_text(good)
+    assert main(["check-config", "--config", str(path)]) == 0
+    capsys.readouterr()
+    old, new = change
+    assert old in good
+    path.write_text(good.replace(old, new, 1))
+    assert main(["check-config", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(f"config error: {key}: "), err
+    assert problem in err

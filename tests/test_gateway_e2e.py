@@ -136,6 +136,24 @@ def test_unknown_source_is_404_without_a_new_label(gateway: Gateway) -> None:
     assert 'webhook_bridge_gateway_requests_total{outcome="not_found",source="_unknown"}' in metrics
 
 
+def test_a_trailing_slash_is_answered_as_without_it_never_redirected(gateway: Gateway) -> None:
+    body = sample_body("fintoc", event_id=f"evt_slash_{time.time_ns()}", now=time.time())
+    response = httpx.post(
+        f"{gateway.url}/webhooks/fintoc/",
+        content=body,
+        headers=gateway.signed("fintoc", body),
+        follow_redirects=False,
+    )
+    assert response.status_code == 200 and response.json()["status"] == "accepted"
+    unsigned = httpx.post(f"{gateway.url}/webhooks/jiko/", content=b"{}", follow_redirects=False)
+    assert unsigned.status_code == 401
+    unknown = httpx.post(f"{gateway.url}/webhooks/nope/", content=b"{}", follow_redirects=False)
+    assert unknown.status_code == 404
+    for path in ("/healthz/", "/metrics/", "/webhooks/jiko//", "/webhooks/"):
+        answer = httpx.get(f"{gateway.url}{path}", follow_redirects=False)
+        assert answer.status_code == 404, path
+
+
 def test_wrong_method_is_405(gateway: Gateway) -> None:
     response = httpx.get(f"{gateway.url}/webhooks/jiko")
     assert response.status_code == 405
@@ -146,6 +164,34 @@ def test_too_large_by_declared_length_is_413(gateway: Gateway) -> None:
     body = b"x" * 5000  # jiko's body_limit is 4096 in this config
     response = gateway.post("jiko", body, {"content-type": "application/json"})
     assert response.status_code == 413
+
+
+def padded_body(scheme: str, size: int, marker: str) -> bytes:
+    """A sample webhook padded to exactly `size` bytes (still valid JSON)."""
+    document = json.loads(sample_body(scheme, event_id=marker, now=time.time()))
+    document["padding"] = ""
+    short = len(json.dumps(document, separators=(",", ":")).encode())
+    document["padding"] = "p" * (size - short)
+    body = json.dumps(document, separators=(",", ":")).encode()
+    assert len(body) == size
+    return body
+
+
+def test_a_body_of_exactly_body_limit_is_stored_and_one_more_byte_is_413(gateway: Gateway) -> None:
+    limit = gateway.settings.sources["jiko"].body_limit
+    marker = f"at-limit-{time.time_ns()}"
+    body = padded_body("jiko", limit, marker)
+    stored = gateway.post("jiko", body, gateway.signed("jiko", body))
+    assert stored.status_code == 202 and stored.json()["status"] == "accepted"
+    over = padded_body("jiko", limit + 1, marker + "-over")
+    refused = gateway.post("jiko", over, gateway.signed("jiko", over))
+    assert refused.status_code == 413 and refused.json()["error"] == "body too large"
+    found = [
+        EnvelopeDeserializer()(m.value())
+        for m in read_topic(gateway.bootstrap, gateway.topic("jiko"), idle_s=2)
+        if marker.encode() in m.value()
+    ]
+    assert [e.body for e in found] == [body]  # the one at the limit, never the one over
 
 
 def test_too_large_streamed_body_is_413_without_reading_it_all(gateway: Gateway) -> None:
@@ -192,7 +238,7 @@ def test_metrics_record_outcomes_and_matched_key(gateway: Gateway) -> None:
     assert gateway.post("fintoc", body, gateway.signed("fintoc", body)).status_code == 200
     metrics = httpx.get(f"{gateway.url}/metrics").text
     assert (
-        'webhook_bridge_gateway_verified_total{key_id="FINTOC_WEBHOOK_SECRET",mode="",'
+        'webhook_bridge_gateway_verified_total{key_id="FINTOC_WEBHOOK_SECRET",mode="default",'
         'scheme="fintoc",source="fintoc"}'
     ) in metrics
     assert "webhook_bridge_gateway_publish_duration_seconds_bucket" in metrics

@@ -5,10 +5,18 @@ again on its data. Every request is counted, errors included; every id answered 
 before, during or after the outage, must be in Kafka afterwards (no window is left
 out); answers during the outage are prompt 503s; and the same gateway process
 answers 200 again once the broker is back.
+
+What an on-call SRE sees must be true as well: /readyz turns 503 within 5 s of the
+kill (answering at once every time) and 200 after the restart, the reachability gauge
+follows, the publish histogram holds the failed publishes under their outcome at the
+deadline, the delivery errors say broker/timeout (never fatal), the producer is never
+rebuilt (Apache Kafka keeps the producer's state), and librdkafka's repeated
+connection errors are logged once per interval, not many times a second.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import Counter
@@ -17,6 +25,7 @@ from dataclasses import dataclass, field
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import create_app
 from gateway.samples import sample_body
@@ -24,11 +33,13 @@ from gateway.sources import verify_context
 from gateway.topics import ensure_topics, implied_topics, names
 from gateway.verify import sign_request
 from tests.conftest import OwnBroker
-from tests.support import gateway_toml, read_topic, serve, settings_from_toml
+from tests.support import captured_logs, gateway_toml, read_topic, serve, settings_from_toml
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.real_kafka]
 DEADLINE_S = 1.0
 MARGIN_S = 1.5  # HTTP and scheduling on a busy 2-core machine
+READY_LOST_WITHIN_S = 5.0
+READYZ_ANSWER_S = 0.5  # answered from state: no broker round trip (was 1.0 s per call)
 
 
 @dataclass
@@ -86,6 +97,27 @@ class Load:
             return list(self.answers)
 
 
+def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample of /metrics by (name, labels)."""
+    out: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
+        for sample in family.samples:
+            out[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return out
+
+
+def value(
+    samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str
+) -> float:
+    return samples[(name, frozenset(labels.items()))]
+
+
+def readyz(url: str) -> tuple[int, float]:
+    started = time.monotonic()
+    status = httpx.get(f"{url}/readyz", timeout=10).status_code
+    return status, time.monotonic() - started
+
+
 def test_broker_killed_under_load(
     fresh_broker: OwnBroker, unique_name: Callable[[str], str]
 ) -> None:
@@ -105,7 +137,11 @@ def test_broker_killed_under_load(
             **sign_request(source.scheme, verify_context(settings, source.name), body, time.time()),
         }
 
-    with serve(create_app(settings)) as url:
+    g = "webhook_bridge_gateway"
+    with captured_logs(logging.INFO) as logged, serve(create_app(settings)) as url:
+        assert readyz(url)[0] == 200
+        before = scrape(url)
+        assert value(before, "webhook_bridge_broker_reachable", process="gateway") == 1.0
         load = Load(url, sign)
         threads = [threading.Thread(target=load.worker, daemon=True) for _ in range(4)]
         for thread in threads:
@@ -115,7 +151,18 @@ def test_broker_killed_under_load(
                 time.sleep(0.05)
             killed_at = time.monotonic()
             fresh_broker.kill()
-            time.sleep(4)
+            probes: list[tuple[float, int, float]] = []  # (since the kill, status, answer time)
+            while time.monotonic() - killed_at < 4 or not any(p[1] == 503 for p in probes):
+                assert time.monotonic() - killed_at < READY_LOST_WITHIN_S + 1, probes
+                status, took = readyz(url)
+                probes.append((time.monotonic() - killed_at, status, took))
+                time.sleep(0.1)
+            lost_at = min(p[0] for p in probes if p[1] == 503)
+            assert lost_at < READY_LOST_WITHIN_S, probes
+            assert all(p[1] == 503 for p in probes if p[0] > lost_at), probes  # it stays lost
+            assert max(p[2] for p in probes) < READYZ_ANSWER_S, probes
+            during_scrape = scrape(url)
+            assert value(during_scrape, "webhook_bridge_broker_reachable", process="gateway") == 0
             # An answer within 0.2 s of the kill may carry an ack that arrived before it.
             during = [a for a in load.snapshot() if a[0] > killed_at + 0.2]
             assert during, "no request was answered while the broker was down"
@@ -127,6 +174,10 @@ def test_broker_killed_under_load(
             while not any(a[1] == 200 and a[0] > restarted_at for a in load.snapshot()):
                 assert time.monotonic() - restarted_at < 60, "no 200 after the broker came back"
                 time.sleep(0.2)
+            while readyz(url)[0] != 200:
+                assert time.monotonic() - restarted_at < 60, "/readyz not 200 after the restart"
+                time.sleep(0.2)
+            ready_again_s = time.monotonic() - restarted_at
             time.sleep(1)
         finally:
             load.stop.set()
@@ -141,14 +192,54 @@ def test_broker_killed_under_load(
         )
         missing = acked - set(stored)
         assert not missing, f"{len(missing)} ids answered 200 are not in Kafka"
-        metrics = httpx.get(f"{url}/metrics").text
-        rebuilds = [
-            ln
-            for ln in metrics.splitlines()
-            if ln.startswith("webhook_bridge_gateway_producer_rebuilds_total")
-        ]
+
+        after = scrape(url)
+        assert value(after, "webhook_bridge_broker_reachable", process="gateway") == 1.0
+        assert value(after, f"{g}_producer_rebuilds_total") == 0.0
+        reasons = {
+            r: value(after, f"{g}_delivery_errors_total", source="fintoc", reason=r)
+            for r in ("timeout", "broker", "topic_missing", "queue_full", "fatal")
+        }
+        assert reasons["broker"] + reasons["timeout"] == statuses[503], (reasons, statuses)
+        assert reasons["fatal"] == reasons["topic_missing"] == reasons["queue_full"] == 0, reasons
+        # Every publish is in the histogram under its outcome; the failed ones at the deadline.
+        counts = {
+            o: value(after, f"{g}_publish_duration_seconds_count", source="fintoc", outcome=o)
+            for o in ("acknowledged", *reasons)
+        }
+        assert counts["acknowledged"] == statuses[200], (counts, statuses)
+        assert {o: counts[o] for o in reasons} == reasons
+        failed = [o for o in ("broker", "timeout") if counts[o]]
+        for outcome in failed:
+            total = value(
+                after, f"{g}_publish_duration_seconds_sum", source="fintoc", outcome=outcome
+            )
+            assert total / counts[outcome] >= DEADLINE_S, (outcome, total, counts[outcome])
+            at_deadline = value(
+                after,
+                f"{g}_publish_duration_seconds_bucket",
+                source="fintoc",
+                outcome=outcome,
+                le=str(0.8 * DEADLINE_S),
+            )
+            assert at_deadline == 0, "a failed publish counted below 80% of the deadline"
+
+        # librdkafka's refused connections: one line per kind per 10 s, with a count.
+        kafka_lines = Counter(
+            (line["msg"], line["code"], line["level"])
+            for line in logged.fields("librdkafka", "kafka client error")
+        )
+        outage_s = time.monotonic() - killed_at
+        assert kafka_lines, "no librdkafka line was logged during a broker outage"
+        allowed = outage_s / 10 + 2
+        assert max(kafka_lines.values()) <= allowed, kafka_lines
+        # The state change is logged once each way: no flapping during the outage.
+        assert len(logged.fields("broker unreachable")) == 1
+        assert len(logged.fields("broker reachable")) == 2  # at start, and back after it
         print(
             f"outage: {len(answers)} requests: {statuses[200]} x 200, {statuses[503]} x 503 "
             f"({len(during)} during the outage); {len(acked)} acknowledged ids all in Kafka; "
-            f"{rebuilds}"
+            f"/readyz 503 after {lost_at:.2f} s, 200 again {ready_again_s:.1f} s after the "
+            f"restart; delivery errors {reasons}; publish counts {counts}; "
+            f"librdkafka lines {dict(kafka_lines)} in {outage_s:.0f} s"
         )

@@ -153,6 +153,14 @@ def test_every_metric_in_alerts_and_dashboard_is_exposed(
             for sample in family.samples:
                 exposed.add(sample.name)
                 samples.append((sample.name, sample.labels))
+                if name == "gateway" and sample.name == "webhook_bridge_broker_reachable":
+                    assert (sample.labels, sample.value) == ({"process": "gateway"}, 1.0)
+    gateway_promised = {
+        m
+        for m in METRIC_CATALOGUE
+        if m.startswith("webhook_bridge_gateway_") or m == "webhook_bridge_broker_reachable"
+    }
+    assert sorted(gateway_promised - exposed) == [], "promised in the README, not exposed"
     used = set(metric_names_used())
     assert used, "the deploy files use no metric at all"
     missing = sorted(n for n in used if n not in exposed)

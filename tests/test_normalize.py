@@ -4,9 +4,24 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from gateway.normalize import body_hash, normalize, parse_time
+from gateway.sizes import BATCH_HEADER, PER_HEADER, RECORD_FIELDS, STAGE_HEADERS, record_limits
 from gateway.verify.base import InboundRequest, VerifiedRequest
+from schemas.envelope import (
+    HEADER_ALLOW_LIST,
+    MAX_HEADER_VALUE,
+    MAX_ID_LENGTH,
+    MAX_KEY_LENGTH,
+    MAX_TYPE_LENGTH,
+    Envelope,
+    Verification,
+)
+from schemas.records import ce_headers
+from schemas.serde import EnvelopeDeserializer, EnvelopeSerializer
 from tests.support import gateway_toml, settings_from_toml
 
 SETTINGS = settings_from_toml(
@@ -327,3 +342,125 @@ def test_scheme_without_ordering_selector_keeps_the_provider_key() -> None:
         on_fallback=found.append,
     )
     assert (env.ordering_key, found) == ("open", [])
+
+
+# --------------------------------------------------------------------------- never raises
+
+FUZZ_SETTINGS = settings_from_toml(
+    gateway_toml("k:9092", "t")
+    + "".join(
+        f'[sources.fuzz-{field.replace("_", "-")}]\nscheme = "jiko"\n'
+        'secrets = ["JIKO_WEBHOOK_SECRET"]\n'
+        f'[sources.fuzz-{field.replace("_", "-")}.select]\n{field} = "v"\n'
+        for field in ("id", "type", "occurred_at", "ordering_key")
+    )
+)
+# JSON the standard library reads but orjson refuses, and numbers no clock or id can mean
+NASTY_TOKENS = (
+    "1" + "0" * 400,
+    "-1" + "0" * 400,
+    "1" + "0" * 5000,  # beyond Python's int/str digit limit
+    "1e400",
+    "-1e400",
+    "1e-400",
+    "NaN",
+    "Infinity",
+    "-Infinity",
+    "18446744073709551616",
+    "-9223372036854775809",
+    "1.5e17",
+    "253402300800",  # 10000-01-01 in seconds
+    '"9999-12-31T23:59:59-23:59"',
+    '"0001-01-01T00:00:00+23:59"',
+    '"\\ud800"',
+    '"' + "x" * 5000 + '"',
+    "true",
+    "null",
+    '{"nested": {"id": 1}}',
+    "[1, 2, 3]",
+)
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=-(10**450), max_value=10**450)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+value_texts = st.sampled_from(NASTY_TOKENS) | json_values.map(lambda v: json.dumps(v))
+
+
+@pytest.mark.parametrize("field", ["id", "type", "occurred_at", "ordering_key"])
+@given(value=value_texts)
+@hypothesis_settings(max_examples=150, deadline=None)
+def test_normalize_never_raises_on_a_verified_body(field: str, value: str) -> None:
+    """Whatever the selector finds, normalize returns an envelope that serialises."""
+    source = FUZZ_SETTINGS.sources[f"fuzz-{field.replace('_', '-')}"]
+    body = ('{"event_type": "card.updated", "v": ' + value + "}").encode("utf-8", "surrogatepass")
+    verified = VerifiedRequest(
+        InboundRequest({"content-type": "application/json"}, body), scheme="jiko", key_id="K"
+    )
+    env = normalize(source, verified, received_at_us=RECEIVED, request_id="r1")
+    assert isinstance(env, Envelope)
+    record = EnvelopeSerializer()(env)
+    assert EnvelopeDeserializer()(record) == env
+    assert batch_bytes(env, record) <= record_limits(FUZZ_SETTINGS).overhead + len(body)
+
+
+@pytest.mark.parametrize("value", ["1" + "0" * 400, "-1" + "0" * 400, "1e400", "NaN"])
+def test_a_number_no_clock_means_falls_back_to_the_time_received(value: str) -> None:
+    raw = ('{"event_type": "card.updated", "payload": {"updated_at": ' + value + "}}").encode()
+    env = envelope_for("jiko", None, raw=raw)
+    assert env.occurred_at == RECEIVED and env.occurred_at_origin == "RECEIVED"
+    assert env.quarantine_reason is None
+
+
+# --------------------------------------------------------------------------- the size bound
+
+
+def batch_bytes(env: Envelope, value: bytes, stage_headers: int = STAGE_HEADERS) -> int:
+    """The Kafka batch holding this envelope alone, with room for the stages' headers."""
+    headers = [
+        *ce_headers(env),
+        ("x-quarantine-reason", (env.quarantine_reason or "").encode()),
+        ("x-quarantine-stage", b"gateway"),
+    ]
+    header_bytes = sum(PER_HEADER + len(k) + len(v) for k, v in headers)
+    key = env.event_id.encode()
+    return BATCH_HEADER + RECORD_FIELDS + len(key) + len(value) + header_bytes + stage_headers
+
+
+def test_the_largest_envelope_fits_the_computed_bound() -> None:
+    """Every field at its longest, in the widest UTF-8 characters, still fits `record_limits`."""
+    settings = FUZZ_SETTINGS
+    limits = record_limits(settings)
+    wide, high = "\U0001f600", "\u00ff"  # 4 UTF-8 bytes; a latin-1 header char is 2
+    source = max(settings.sources.values(), key=lambda s: len(s.name))
+    env = Envelope(
+        event_id=wide * MAX_ID_LENGTH,
+        event_id_origin="PAYLOAD",
+        provider=source.provider,
+        source=source.name,
+        event_type=wide * MAX_TYPE_LENGTH,
+        occurred_at=7_258_118_400_000_000,
+        occurred_at_origin="PAYLOAD",
+        received_at=7_258_118_400_000_000,
+        ordering_key=wide * MAX_KEY_LENGTH,
+        content_type=high * MAX_HEADER_VALUE,
+        body=b"x" * limits.body_limit,
+        headers={name: high * MAX_HEADER_VALUE for name in HEADER_ALLOW_LIST},
+        verification=Verification(source.scheme, max(source.key_ids, key=len), "m" * 64),
+        request_id="r" * 128,
+        quarantine_reason="no event type at "
+        + max(
+            (s.selectors.type.text for s in settings.sources.values() if s.selectors.type),
+            key=len,
+        ),
+    )
+    value = EnvelopeSerializer()(env)
+    assert batch_bytes(env, value) <= limits.batch
+    assert limits.batch - batch_bytes(env, value) < 1024  # tight, not a guess

@@ -196,6 +196,22 @@ def test_differences_that_do_not_lose_data_are_warnings(
 
 
 @pytest.mark.kafka
+def test_a_topic_too_small_for_the_largest_envelope_is_warned_with_the_fix(
+    kafka: KafkaCluster, unique_name: Callable[[str], str]
+) -> None:
+    name = unique_name("small")
+    _create(kafka, name, 1, {"max.message.bytes": "200000"})
+    warnings: list[str] = []
+    spec = TopicSpec(name, 1, 1, {"max.message.bytes": "1104204"})
+    ensure_topics(kafka.client_config(), [spec], on_warning=warnings.append)
+    assert warnings == [
+        f"warning: topic {name}: max.message.bytes wanted 1104204, found 200000; the largest "
+        "envelopes would be refused (answered 413): raise it with "
+        "kafka-configs --alter --add-config max.message.bytes=1104204"
+    ]
+
+
+@pytest.mark.kafka
 def test_a_broker_that_cannot_describe_configs_is_reported_not_failed(
     kafka: KafkaCluster, unique_name: Callable[[str], str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -244,7 +244,7 @@ def test_up_starts_everything_and_stops_on_ctrl_c(tmp_path: Path) -> None:
             up.output,
             re.M,
         )
-        assert "config ok: 7 sources, 2 sinks" in up.output  # check-config ran first
+        assert "[up] config ok: 7 sources, 2 sinks (the checks of check-config)" in up.output
         base = f"http://127.0.0.1:{ports['gateway']}"
         assert httpx.get(f"{base}/healthz").status_code == 200
         assert httpx.get(f"{base}/readyz").status_code == 200

@@ -27,7 +27,7 @@ from consumers.fanout.policy import parse_retry_after
 from consumers.sinks import signing
 from consumers.sinks.base import DeliveryResult, Event, Sink, SinkContext, int_option
 from consumers.sinks.http_client import HttpClient, HttpError, RequestTimeout
-from gateway.config import SinkSettings
+from gateway.config import SinkSettings, url_problem
 from gateway.verify.common import Options
 from schemas.envelope import micros_to_iso
 
@@ -125,10 +125,11 @@ def _parse(opts: Options, env: Mapping[str, str]) -> tuple[str, bytes, float, fl
     url = opts.opt_text("url")
     if not url:
         raise opts.fail("url", "required: the http(s) URL to POST events to")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise opts.fail("url", "must be an absolute http:// or https:// URL")
+    problem = url_problem(url)
+    if problem is not None:
+        raise opts.fail("url", problem)
     if opts.flag("demo_receiver", False):
+        parts = urlsplit(url)
         if parts.scheme != "http":
             raise opts.fail("demo_receiver", "the demo receiver serves http://, not https://")
         _demo_port(opts, parts)

@@ -65,6 +65,11 @@ class JustWalletVerifier:
         self._tokens = [(s.key_id, s.value) for s in ctx.secrets]
         self._ring = KeyRing([(s.key_id, s.value) for s in ctx.secrets], "sha256")
 
+    @property
+    def mode_names(self) -> tuple[str, ...]:
+        """The `mode` values this verifier can report (the configured modes)."""
+        return tuple(mode.name for mode in self._modes)
+
     def verify(self, request: InboundRequest, now: float) -> VerifiedRequest:
         if not any(name in request.headers for name in self._headers):
             raise VerificationError("missing_header", " or ".join(self._headers))
