@@ -4,8 +4,9 @@ Labels come from bounded sets only: stage name, provider (from the config, never
 from a record), quarantine reason (a fixed table). Every labelled child is
 created at start so all series exist from the first scrape.
 
-`webhook_bridge_stage_consumer_lag_messages` is the high watermark minus the
-position. On the embedded broker (Tansu) the high watermark is wrong whenever
+`webhook_bridge_stage_consumer_lag_messages` is the log end (last stable offset)
+minus the group's committed offset, asked of the cluster by `runtime.watch`. On
+the embedded broker (Tansu) the high watermark is wrong whenever
 the newest batch holds more than one record (see BROKER-NOTES.md), so there the
 gauge is indicative only; on Apache Kafka it is exact.
 """
@@ -18,8 +19,16 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 QUARANTINE_REASONS = ("no_event_id", "undecodable")
 
-_TXN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-_LATENESS_BUCKETS = (0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 86400.0)
+# Buckets resolve what is read off them: a transaction up to the client call timeouts
+# (30 s by default), lateness around typical reorder windows (1-60 s) and far beyond.
+_TXN_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0,
+)  # fmt: skip
+_LATENESS_BUCKETS = (
+    0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0,
+    300.0, 600.0, 900.0, 1800.0, 3600.0, 21600.0, 86400.0,
+)  # fmt: skip
+PROCESSES = ("compactor", "reorderer", "fanout")  # the consumer processes' `process` label
 
 
 class StageMetrics:
@@ -75,8 +84,9 @@ class StageMetrics:
         )
         self.lag = Gauge(
             "webhook_bridge_stage_consumer_lag_messages",
-            "High watermark minus position over the assigned input partitions "
-            "(indicative only on the embedded broker, whose high watermark is wrong).",
+            "Last stable offset minus the group's committed offset over every input "
+            "partition, queried every 2 s off the processing path (indicative only on "
+            "the embedded broker, whose high watermark is wrong).",
             ("stage", "provider"),
             registry=registry,
         )

@@ -70,10 +70,11 @@ def multiprocess_registry() -> CollectorRegistry:
 
 
 def broker_reachable_gauge(
-    registry: CollectorRegistry, process: str, reachable: Callable[[], bool]
+    registry: CollectorRegistry, process: str, reachable: Callable[[], bool] | None = None
 ) -> Gauge:
-    """`webhook_bridge_broker_reachable{process}`: 1 while the process's Kafka client reaches
-    a broker, read from `reachable` at each scrape."""
+    """`webhook_bridge_broker_reachable{process}`, the one definition every process uses: 1
+    while the process's Kafka client reaches a broker, else 0 (and 0 until it first did).
+    With `reachable`, read at each scrape (the gateway); else set by the process's watch."""
     gauge = Gauge(
         BROKER_REACHABLE,
         "1 while this process reaches a Kafka broker (background metadata probe), else 0",
@@ -81,7 +82,9 @@ def broker_reachable_gauge(
         registry=registry,
         multiprocess_mode="livemin",  # gateway workers: 0 when any of them lost the broker
     )
-    gauge.labels(process).set_function(lambda: float(reachable()))
+    gauge.labels(process).set(0)
+    if reachable is not None:
+        gauge.labels(process).set_function(lambda: float(reachable()))
     return gauge
 
 

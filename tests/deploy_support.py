@@ -48,6 +48,9 @@ PROMETHEUS_CONFIG = PROMETHEUS_DIR / "prometheus.yml"
 GRAFANA_DIR = DEPLOY / "grafana"
 DASHBOARD_FILE = GRAFANA_DIR / "dashboards" / "webhook-bridge.json"
 DEMO_CONFIG = DEPLOY / "demo.toml"
+OPERATIONS_DOC = ROOT / "docs" / "operations.md"
+# Where alerts.yml points runbook_url (an anchor per alert); `your-org` is replaced on deploy.
+RUNBOOK_BASE = "https://github.com/your-org/webhook-bridge/blob/main/docs/operations.md"
 
 # The metric catalogue the processes promise (docs/metrics.md); histograms by base name.
 METRIC_CATALOGUE = frozenset(
@@ -124,6 +127,24 @@ def alert_rules() -> list[dict[str, Any]]:
     """Every rule of deploy/prometheus/alerts.yml, in file order."""
     groups = load_yaml(ALERTS_FILE)["groups"]
     return [rule for group in groups for rule in group["rules"]]
+
+
+def runbook_sections() -> dict[str, str]:
+    """docs/operations.md: {"## " heading: its text up to the next "## " heading}."""
+    sections: dict[str, str] = {}
+    heading: str | None = None
+    for line in OPERATIONS_DOC.read_text(encoding="utf-8").splitlines():
+        if line.startswith("## "):
+            heading = line[3:].strip()
+            sections[heading] = ""
+        elif heading is not None:
+            sections[heading] += line + "\n"
+    return sections
+
+
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a Markdown heading (lower case, punctuation dropped)."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
 
 
 def iter_panels(dashboard: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
@@ -275,7 +296,7 @@ def label_domains(settings: Settings) -> dict[str, dict[str, frozenset[str]]]:
     """
     from consumers import compactor, reorderer
     from consumers.fanout.metrics import DLQ_REASONS
-    from consumers.metrics import QUARANTINE_REASONS
+    from consumers.metrics import PROCESSES, QUARANTINE_REASONS
     from gateway.app import ANSWERS
     from gateway.metrics import (
         DELIVERY_ERRORS,
@@ -329,8 +350,6 @@ def label_domains(settings: Settings) -> dict[str, dict[str, frozenset[str]]]:
         f"{g}_delivery_errors_total": {"source": configured, "reason": frozenset(DELIVERY_ERRORS)},
         f"{g}_producer_rebuilds_total": {},
         f"{g}_missing_topics": {},
-        # Every process names itself (the consumer processes report theirs too).
-        "webhook_bridge_broker_reachable": {"process": frozenset({"gateway", *stage, "fanout"})},
         f"{g}_body_size_bytes": by_source,
         f"{g}_selector_fallbacks_total": {"source": configured, "field": frozenset(FIELDS)},
         f"{s}_consumed_total": by_stage_provider,
@@ -355,6 +374,8 @@ def label_domains(settings: Settings) -> dict[str, dict[str, frozenset[str]]]:
         f"{f}_in_flight": by_sink,
         f"{f}_consumer_lag_messages": by_sink,
         f"{f}_breaker_open": by_sink,
+        # the gateway exposes the same gauge with process="gateway"
+        "webhook_bridge_broker_reachable": {"process": frozenset({"gateway", *PROCESSES})},
         UP: {"component": scrape_components()},
     }
 

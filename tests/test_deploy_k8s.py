@@ -111,7 +111,7 @@ def test_kustomizations_list_every_manifest() -> None:
     assert "secret.template.yaml" not in listed
     assert listed == on_disk - {"secret.template.yaml"}
     strimzi = load_yaml(STRIMZI_DIR / "kustomization.yaml")
-    assert set(strimzi["resources"]) == {"kafkatopics.yaml"}
+    assert set(strimzi["resources"]) == {"kafkatopics.yaml", "kafka-podmonitor.yaml"}
 
 
 # --------------------------------------------------------------------------- CRDs by shape

@@ -1,8 +1,10 @@
-"""Commands quoted in alert annotations are commands the real CLI accepts.
+"""Commands quoted in the alerts' runbooks (docs/operations.md) are commands the real CLI
+accepts.
 
 An on-call engineer pastes a runbook's `webhook-bridge ...` line as it is. Each one quoted
-in backticks is parsed by the parser `gateway.cli` builds, with every ``{{ $labels.X }}``
-replaced by each value the code gives label X under the shipped deploy configs
+in backticks in an alert's section is parsed by the parser `gateway.cli` builds, with every
+``<X>`` placeholder replaced by each value the code gives the alert's label X under the
+shipped deploy configs
 (`label_domains()`), so a wrong option, a missing argument or a renamed command fails CI.
 A `replay` must also name its input (without ``--from-dlq`` or ``--topic`` it re-sends the
 sink's whole ``.ordered`` history), and ``--config`` must be the path the containers mount
@@ -37,11 +39,12 @@ from tests.deploy_support import (
     load_yaml,
     load_yaml_docs,
     metric_names_in,
+    runbook_sections,
 )
 
 COMMAND_RE = re.compile(r"`(webhook-bridge\b[^`]*)`")
-TEMPLATE_RE = re.compile(r"\{\{\s*(.*?)\s*\}\}")
-LABEL_TEMPLATE_RE = re.compile(r"\$labels\.(\w+)")
+TEMPLATE_RE = re.compile(r"<([^<>]*)>")
+LABEL_TEMPLATE_RE = re.compile(r"(\w+)")
 DLQ_METRIC = "webhook_bridge_fanout_dead_lettered_total"
 # The configs a runbook command runs against: the ones the containers mount.
 RUN_CONFIGS = {"compose": COMPOSE_CONFIG, "k8s": K8S_CONFIG}
@@ -56,16 +59,16 @@ class Quoted:
 
 
 def quoted_commands() -> list[Quoted]:
+    sections = runbook_sections()
     return [
         Quoted(
             str(rule["alert"]),
-            str(key),
-            command.strip(),
+            "runbook",
+            " ".join(command.split()),
             frozenset(metric_names_in([str(rule["expr"])])),
         )
         for rule in alert_rules()
-        for key, text in rule.get("annotations", {}).items()
-        for command in COMMAND_RE.findall(str(text))
+        for command in COMMAND_RE.findall(sections.get(str(rule["alert"]), ""))
     ]
 
 
@@ -80,7 +83,7 @@ def renderings(quoted: Quoted, settings: Settings) -> list[str]:
     labels: list[str] = []
     for template in templates:
         match = LABEL_TEMPLATE_RE.fullmatch(template)
-        assert match is not None, f"{quoted.alert}: only $labels.X belongs in a command: {template}"
+        assert match is not None, f"{quoted.alert}: only <label> belongs in a command: {template}"
         labels.append(match.group(1))
     names = sorted(set(labels))
     choices: list[list[str]] = []
@@ -97,7 +100,7 @@ def renderings(quoted: Quoted, settings: Settings) -> list[str]:
 
 
 def fill(command: str, values: Mapping[str, str]) -> str:
-    """`command` with each ``{{ $labels.X }}`` replaced by values[X], shell-quoted."""
+    """`command` with each ``<X>`` replaced by values[X], shell-quoted."""
 
     def value(template: re.Match[str]) -> str:
         label = LABEL_TEMPLATE_RE.fullmatch(template.group(1))
@@ -149,8 +152,9 @@ def test_runbooks_quote_every_webhook_bridge_command() -> None:
     from gateway.cli import COMMANDS
 
     bare = re.compile(rf"webhook-bridge ({'|'.join(map(re.escape, COMMANDS))})\b")
+    sections = runbook_sections()
     for rule in alert_rules():
-        runbook = COMMAND_RE.sub("", str(rule["annotations"]["runbook"]))
+        runbook = COMMAND_RE.sub("", sections[str(rule["alert"])])
         assert not bare.search(runbook), f"{rule['alert']}: put the command in backticks"
 
 

@@ -9,6 +9,7 @@ code never produces (a typo, a renamed outcome) selects nothing and the alert ne
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -42,16 +43,15 @@ from tests.deploy_support import (
     dashboard_queries,
     dashboard_variables,
     dummy_env,
-    find_tool,
     label_domains,
     load_dashboard,
     matcher_problems,
     metric_names_used,
     metric_of,
     promql_matchers,
-    require_tool,
     variable_problems,
 )
+from tests.prometheus_support import real_prometheus
 from tests.support import DEMO_ENV, settings_from_toml
 
 REPO = Path(__file__).resolve().parent.parent
@@ -308,61 +308,19 @@ def test_prometheus_scrapes_every_process_and_evaluates_every_rule(
 ) -> None:
     """A real Prometheus server (Debian's, from `make tools`) on loopback: every target up,
     every alert rule evaluated against the live series without an error."""
-    binary = find_tool("prometheus")
-    require_tool("prometheus", binary, "WB_TEST_REQUIRE_PROMTOOL")
-    assert binary is not None
     _, ports = running
-    web = free_port()
-    jobs = "\n".join(
-        f"""  - job_name: webhook-bridge-{name}
-    static_configs:
-      - targets: ["127.0.0.1:{ports[name]}"]
-        labels:
-          component: {name}"""
-        for name in PROCESSES
-    )
-    config = tmp_path / "prometheus.yml"
-    config.write_text(f"""global:
-  scrape_interval: 1s
-  evaluation_interval: 1s
-rule_files:
-  - {ALERTS_FILE}
-scrape_configs:
-{jobs}
-""")
-    server = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={config}",
-            f"--storage.tsdb.path={tmp_path / 'data'}",
-            f"--web.listen-address=127.0.0.1:{web}",
-            "--log.level=warn",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    api = f"http://127.0.0.1:{web}/api/v1"
-    try:
-        deadline = time.monotonic() + 60
-        targets: list[dict[str, object]] = []
-        rules: list[dict[str, object]] = []
-        while time.monotonic() < deadline:
-            time.sleep(1)
-            try:
-                targets = httpx.get(f"{api}/targets").json()["data"]["activeTargets"]
-                groups = httpx.get(f"{api}/rules").json()["data"]["groups"]
-            except (httpx.HTTPError, KeyError, ValueError):
-                continue
-            rules = [rule for group in groups for rule in group["rules"]]
+    with real_prometheus(tmp_path, {name: ports[name] for name in PROCESSES}, [ALERTS_FILE]) as p:
+
+        def settled() -> bool:
+            targets, rules = p.targets(), p.rules()
             evaluated = rules and all(
                 not str(r.get("lastEvaluation", "")).startswith("0001") for r in rules
             )
-            if (
-                len(targets) == len(PROCESSES)
-                and all(t["health"] == "up" for t in targets)
-                and evaluated
-            ):
-                break
+            return bool(evaluated) and all(t["health"] == "up" for t in targets)
+
+        with contextlib.suppress(AssertionError):  # the assertions below say what is wrong
+            p.wait_for(settled, 60, "every target up and every rule evaluated")
+        targets, rules = p.targets(), p.rules()
         assert sorted(str(t["health"]) for t in targets) == ["up"] * len(PROCESSES), targets
         assert rules, "Prometheus loaded no rules"
         broken = {
@@ -371,6 +329,3 @@ scrape_configs:
             if r.get("health") != "ok" or r.get("lastError")
         }
         assert broken == {}, broken
-    finally:
-        server.terminate()
-        server.wait(timeout=20)

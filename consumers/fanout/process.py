@@ -74,8 +74,10 @@ class Fanout:
         drain_timeout_s: float = 10.0,
         commit_interval_s: float = 0.2,
     ) -> None:
-        from consumers.fanout.runner import SinkRunner
+        from consumers.fanout.runner import SinkRunner, group_id, source_topics
+        from consumers.runtime.watch import BrokerWatch, GroupLag
         from consumers.sinks import SinkContext, build_sink, validate_sink
+        from gateway.metrics import broker_reachable_gauge
 
         env = dict(os.environ) if env is None else dict(env)
         for name in sinks:
@@ -102,6 +104,17 @@ class Fanout:
         self._make = make
         self._sinks = list(sinks)
         self.runners: list[SinkRunner] = []
+        lags = [
+            GroupLag(
+                group_id(settings, name),
+                dict.fromkeys(
+                    source_topics(settings, settings.sinks[name]), metrics.lag.labels(name)
+                ),
+            )
+            for name in sinks
+        ]
+        reachable = broker_reachable_gauge(metrics.registry, "fanout").labels("fanout")
+        self._watch = BrokerWatch(settings.admin_config(), "fanout", reachable, lags)
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -114,6 +127,7 @@ class Fanout:
             asyncio.create_task(r.run(self._stop), name=f"sink-{r.name}") for r in self.runners
         ]
         ready = asyncio.create_task(self._watch_ready())
+        self._watch.start()
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             failed = [t for t in done if not t.cancelled() and t.exception() is not None]
@@ -123,6 +137,7 @@ class Fanout:
                 raise failed[0].exception()  # type: ignore[misc]
         finally:
             ready.cancel()
+            await asyncio.to_thread(self._watch.stop)
             self.runners = []  # drop the clients (producers) with the loop
 
     async def _watch_ready(self) -> None:

@@ -52,7 +52,6 @@ from schemas.records import KafkaHeaders, header_value, is_late, source_of
 from schemas.serde import EnvelopeDeserializer, SerdeError
 
 PAUSE_AFTER_S = 1.0  # full that long: pause the partitions and keep polling
-LAG_INTERVAL_S = 2.0  # how often the lag gauge is refreshed
 
 
 @dataclass(slots=True)
@@ -107,8 +106,6 @@ class SinkRunner:
         self._deserialize = EnvelopeDeserializer(settings.bridge.schema_registry_url)
         self._delivered = {p: metrics.delivered.labels(self.name, p) for p in self.topics.values()}
         self._in_flight = metrics.in_flight.labels(self.name)
-        self._lag = metrics.lag.labels(self.name)
-        self._start: dict[tuple[str, int], int] = {}  # committed offsets of unread partitions
         self._consumer: Any = None
         self._dlq: DeadLetters | None = None
         self._deliverer: Deliverer | None = None
@@ -121,6 +118,8 @@ class SinkRunner:
 
     async def run(self, stop: asyncio.Event) -> None:
         from confluent_kafka import Consumer
+
+        from consumers.runtime.process import CONSUMER_DEFAULTS
 
         if not self.topics:
             logs.warning("sink matches no configured provider; idle", sink=self.name)
@@ -140,6 +139,7 @@ class SinkRunner:
         )
         self._consumer = Consumer(
             {
+                **CONSUMER_DEFAULTS,  # short session timeouts: a restart rejoins in seconds
                 **self.settings.consumer_config(),
                 "group.id": group_id(self.settings, self.name),
                 "enable.auto.commit": False,
@@ -167,7 +167,6 @@ class SinkRunner:
     async def _loop(self, stop: asyncio.Event) -> None:
         idle = 0
         next_commit = time.monotonic() + self.commit_interval_s
-        next_lag = 0.0
         while not stop.is_set():
             room = self._flow_control()
             messages = self._consumer.consume(num_messages=room, timeout=0) if room else []
@@ -179,44 +178,9 @@ class SinkRunner:
             if time.monotonic() >= next_commit:
                 self._commit(asynchronous=True)
                 next_commit = time.monotonic() + self.commit_interval_s
-            if time.monotonic() >= next_lag:
-                self._update_lag()
-                next_lag = time.monotonic() + LAG_INTERVAL_S
             idle = 0 if messages or not room else min(idle + 1, 25)
             # 0 when busy (yield to the lanes); when full, look again soon: lanes are draining
             await asyncio.sleep(idle * 0.002 if room else 0.001)
-
-    def _update_lag(self) -> None:
-        """High watermark (as last fetched) minus the read position. A partition this
-        process has read nothing from yet has no position: its group-committed offset
-        stands in (one broker call for those only, remembered until it reads)."""
-        from confluent_kafka import KafkaException
-
-        try:
-            positions = self._consumer.position(self._consumer.assignment())
-            assigned = {(tp.topic, tp.partition) for tp in positions}
-            self._start = {k: v for k, v in self._start.items() if k in assigned}
-            unread = [tp for tp in positions if tp.offset < 0]
-            missing = [tp for tp in unread if (tp.topic, tp.partition) not in self._start]
-            if missing:
-                for tp in self._consumer.committed(missing, timeout=1.0):
-                    if tp.error is None and tp.offset >= 0:
-                        self._start[(tp.topic, tp.partition)] = tp.offset
-            lag = 0
-            for tp in positions:
-                where = (tp.topic, tp.partition)
-                if tp.offset >= 0:
-                    self._start.pop(where, None)
-                    position = tp.offset
-                else:
-                    low, _ = self._consumer.get_watermark_offsets(tp, cached=True)
-                    position = self._start.get(where, low)  # nothing committed: from the start
-                _, high = self._consumer.get_watermark_offsets(tp, cached=True)
-                if high >= 0 and position >= 0:
-                    lag += max(0, high - position)
-        except KafkaException:
-            return  # keep the last value; the next interval tries again
-        self._lag.set(lag)
 
     def _flow_control(self, now: float | None = None) -> int:
         """How many records to read now (0: do not call consume); pauses after a long stall."""

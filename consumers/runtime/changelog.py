@@ -37,11 +37,18 @@ class RestoreInterrupted(BridgeError):
 
 class ChangelogReader:
     def __init__(
-        self, consumer_config: dict[str, Any], instance_id: str, should_stop: Callable[[], bool]
+        self,
+        consumer_config: dict[str, Any],
+        instance_id: str,
+        should_stop: Callable[[], bool],
+        alive: Callable[[], None] = lambda: None,
+        call_timeout_s: float = 30.0,
     ) -> None:
+        self._call_timeout_s = call_timeout_s
         self._config = consumer_config
         self._barrier_key = BARRIER_PREFIX + instance_id.encode()
         self._should_stop = should_stop
+        self._alive = alive  # called while waiting: a restore is progress, not a stall
         self._consumer: Any = None
 
     def replay(
@@ -72,8 +79,8 @@ class ChangelogReader:
                 partition=partition,
                 on_delivery=delivered,
             )
-        producer.flush(30.0)
-        producer.commit_transaction(30.0)
+        producer.flush(self._call_timeout_s)
+        producer.commit_transaction(self._call_timeout_s)
         starts = dict(starts)
         for where, offset in list(starts.items()):
             if where in barriers and offset > barriers[where]:
@@ -105,6 +112,7 @@ class ChangelogReader:
             while pending:
                 if self._should_stop():
                     raise RestoreInterrupted("shutdown during restore")
+                self._alive()
                 for msg in consumer.consume(10_000, 0.05):
                     if msg.error() is not None:
                         continue

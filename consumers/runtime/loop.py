@@ -35,10 +35,22 @@ the producer was fenced), drop all in-memory state, restore it again from the
 changelogs and rewind every assigned input partition to its committed offset.
 On SIGTERM/SIGINT: finish and commit the open transaction, close the consumer
 (leaving the group), exit 0.
+
+A broker outage is waited out, however long: no step gives up for good. Each blocking
+client call has a timeout (`LoopSettings.call_timeout_s`, half the producer's
+``transaction.timeout.ms``); when one expires the transaction is aborted (or the
+producer rebuilt) and recovery starts again, and ``init_transactions`` of a new
+producer is retried until the broker answers. So the process stays up (liveness
+keeps ticking), `consumers.runtime.watch` reports ``webhook_bridge_broker_reachable``
+0 with a log line every interval, and the stage resumes from its committed offsets
+and changelogs by itself. An outage only ever repeats this timeout-and-retry cycle,
+so one that outlasts every timeout several times (the tests) behaves as a 10-minute
+one does.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -51,11 +63,47 @@ from gateway import logs
 from gateway.errors import BridgeError
 from schemas.records import quarantine_headers
 
-TXN_TIMEOUT_S = 30.0
+TXN_TIMEOUT_S = 30.0  # half of librdkafka's default transaction.timeout.ms
+
+
+def call_timeout_s(producer_config: dict[str, Any]) -> float:
+    """Timeout of each blocking transactional call: half the transaction timeout, so an
+    open transaction is given up (and aborted) before the coordinator would abort it."""
+    timeout_ms = producer_config.get("transaction.timeout.ms")
+    return TXN_TIMEOUT_S if timeout_ms is None else float(timeout_ms) / 2000.0
 
 
 class StageError(BridgeError):
     """The stage cannot go on (for example its transactional producer cannot start)."""
+
+
+class ProducerStuck(StageError):
+    """A producer call outlived its own timeout; the producer is abandoned, not reused."""
+
+
+def bounded_call(call: Callable[[], None], timeout_s: float, what: str) -> None:
+    """`call()` on a helper thread; ProducerStuck if it has not returned after `timeout_s`.
+
+    For send_offsets_to_transaction, which can block forever, past its timeout, after
+    the group coordinator was unreachable (librdkafka issue 5456, still open in 2.16):
+    the loop must not hang with it. The stuck thread is left behind with its producer.
+    """
+    done = threading.Event()
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as exc:  # handed to the caller's thread
+            failure.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name=what, daemon=True).start()
+    if not done.wait(timeout_s):
+        raise ProducerStuck(f"{what} did not return within {timeout_s:.0f}s")
+    if failure:
+        raise failure[0]
 
 
 class Replay(Protocol):
@@ -129,6 +177,7 @@ class LoopSettings:
     max_batch: int = 5000
     tick_interval_s: float = 0.02  # periodic tick, and the longest blocking poll
     gauge_interval_s: float = 2.0
+    call_timeout_s: float = TXN_TIMEOUT_S  # each blocking client call; init waits twice that
 
 
 @dataclass
@@ -162,6 +211,7 @@ class StageLoop:
         self._assigned: list[TopicPartitionKey] = []
         self._recover = False
         self._producer: Any = None
+        self._producer_stuck = False  # a bounded_call gave up on it: never call it again
         self._consumer: Any = None
         self._reader = ChangelogReader(
             {
@@ -171,6 +221,8 @@ class StageLoop:
             },
             settings.instance_id,
             lambda: self._stop,
+            health.tick,
+            settings.call_timeout_s,
         )
 
     # ------------------------------------------------------------------ control
@@ -186,7 +238,14 @@ class StageLoop:
     def run(self) -> int:
         from confluent_kafka import Consumer
 
-        self._producer = self._new_producer()
+        try:
+            self._producer = self._new_producer()
+        except StageError:
+            if self._stop:  # SIGTERM while waiting for the broker
+                self._reader.close()
+                logs.info("stage stopped", stage=self.s.stage)
+                return 0
+            raise
         self._consumer = Consumer({**self.s.consumer_config, "group.id": self.s.group_id})
         self._consumer.subscribe(
             self.logic.input_topics(),
@@ -205,6 +264,7 @@ class StageLoop:
         try:
             while not self._stop:
                 if self._recover:
+                    self.health.tick()  # recovering (perhaps waiting for the broker) is alive
                     self._recover_all()
                     continue
                 room = max(1, self.s.max_batch - self._txn.records)
@@ -239,6 +299,11 @@ class StageLoop:
                     self._on_error(exc)
             if self._txn.open and not self._recover:
                 self._commit()
+        except StageError:
+            if not self._stop:
+                raise
+            # Asked to stop while waiting for the broker: the open transaction (if any)
+            # is aborted by the coordinator; its input is reprocessed after a restart.
         finally:
             self.health.ready = False
             self._close()
@@ -297,14 +362,22 @@ class StageLoop:
             self._produce(topic, key, value, None, partition)
         # Step 6: input positions, in the transaction.
         if txn.positions:
-            producer.send_offsets_to_transaction(
-                [TopicPartition(t, p, o) for (t, p), o in txn.positions.items()],
-                self._consumer.consumer_group_metadata(),
-                TXN_TIMEOUT_S,
-            )
+            offsets = [TopicPartition(t, p, o) for (t, p), o in txn.positions.items()]
+            metadata = self._consumer.consumer_group_metadata()
+            try:
+                bounded_call(
+                    lambda: producer.send_offsets_to_transaction(
+                        offsets, metadata, self.s.call_timeout_s
+                    ),
+                    self.s.call_timeout_s * 2,
+                    "send_offsets_to_transaction",
+                )
+            except ProducerStuck:
+                self._producer_stuck = True
+                raise
         self._flush()  # changelog acks: their offsets become the local checkpoints
         # Step 7: commit.
-        producer.commit_transaction(TXN_TIMEOUT_S)
+        producer.commit_transaction(self.s.call_timeout_s)
         done = time.monotonic()
         self.metrics.transaction_duration.labels(self.s.stage).observe(done - txn.started)
         self.metrics.commit_duration.labels(self.s.stage).observe(done - committing)
@@ -312,9 +385,11 @@ class StageLoop:
         self.logic.committed(txn.state_offsets)
 
     def _flush(self) -> None:
-        remaining = self._producer.flush(TXN_TIMEOUT_S)
+        remaining = self._producer.flush(self.s.call_timeout_s)
         if remaining:
-            raise StageError(f"{remaining} records not acknowledged within {TXN_TIMEOUT_S}s")
+            raise StageError(
+                f"{remaining} records not acknowledged within {self.s.call_timeout_s}s"
+            )
         if self._delivery_error is not None:
             err, self._delivery_error = self._delivery_error, None
             raise StageError(f"delivery failed: {err}")
@@ -397,7 +472,7 @@ class StageLoop:
         committed: dict[TopicPartitionKey, int] = {}
         if tps:
             for tp in self._consumer.committed(
-                [TopicPartition(t, p) for t, p in tps], timeout=TXN_TIMEOUT_S
+                [TopicPartition(t, p) for t, p in tps], timeout=self.s.call_timeout_s
             ):
                 committed[(tp.topic, tp.partition)] = tp.offset
 
@@ -430,13 +505,16 @@ class StageLoop:
         self._recover = True
 
     def _abort(self) -> None:
+        if self._producer_stuck:
+            self._rebuild_producer()
+            return
         if not self._txn.open:
             return
         self.metrics.aborted.labels(self.s.stage).inc()
         self._txn = _Txn()
         self._delivery_error = None
         try:
-            self._producer.abort_transaction(TXN_TIMEOUT_S)
+            self._producer.abort_transaction(self.s.call_timeout_s)
         except Exception as exc:
             logs.error(
                 "abort failed; rebuilding the producer",
@@ -451,8 +529,13 @@ class StageLoop:
         self._txn = _Txn()
         self._delivery_error = None
         old, self._producer = self._producer, None
-        if old is not None:
+        if old is not None and not self._producer_stuck:
             old.purge()
+        elif old is not None:
+            # A call is still running inside it: use it no more, not even to abort; the
+            # new producer's init_transactions fences it and aborts its transaction.
+            logs.warning("abandoning a stuck producer", stage=self.s.stage)
+        self._producer_stuck = False
         self._producer = self._new_producer()
 
     def _recover_all(self) -> None:
@@ -478,40 +561,58 @@ class StageLoop:
             time.sleep(1.0)
 
     def _new_producer(self) -> Any:
-        from confluent_kafka import Producer
+        """A producer with transactions initialised; waits for the broker without a bound
+        (a new producer only after a fatal error). StageError only when asked to stop."""
+        from confluent_kafka import KafkaException, Producer
 
-        producer = Producer(
-            {
-                **self.s.producer_config,
-                "transactional.id": self.s.transactional_id,
-                "on_delivery": self._on_delivery,
-            }
-        )
-        try:
-            # Also fences a zombie with our id and aborts its open transaction.
-            producer.init_transactions(TXN_TIMEOUT_S * 2)
-        except Exception as exc:
-            raise StageError(
-                f"cannot initialise transactions as {self.s.transactional_id}: {exc}"
-            ) from exc
-        return producer
+        waiting_since = time.monotonic()
+        attempts = 0
+        producer: Any = None
+        while True:
+            if producer is None:
+                producer = Producer(
+                    {
+                        **self.s.producer_config,
+                        "transactional.id": self.s.transactional_id,
+                        "on_delivery": self._on_delivery,
+                    }
+                )
+            try:
+                # Also fences a zombie with our id and aborts its open transaction.
+                producer.init_transactions(self.s.call_timeout_s * 2)
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args else None
+                attempts += 1
+                self.health.tick()
+                if self._stop:
+                    raise StageError(
+                        f"stopped before transactions were initialised as "
+                        f"{self.s.transactional_id}: {exc}"
+                    ) from exc
+                logs.warning(
+                    "cannot initialise transactions yet; waiting for the broker",
+                    stage=self.s.stage,
+                    transactional_id=self.s.transactional_id,
+                    attempts=attempts,
+                    waited_s=round(time.monotonic() - waiting_since, 1),
+                    error=str(err if err is not None else exc),
+                )
+                if err is not None and err.fatal():
+                    producer = None  # a fatal error poisons this producer: start over
+                elif err is not None and not err.retriable():
+                    time.sleep(1.0)  # answered at once (not a timeout): do not spin
+                continue
+            if attempts:
+                logs.info(
+                    "transactions initialised after waiting",
+                    stage=self.s.stage,
+                    waited_s=round(time.monotonic() - waiting_since, 1),
+                )
+            return producer
 
     def _update_gauges(self, now: float) -> None:
-        from confluent_kafka import TopicPartition
-
+        # The lag gauge is set by consumers.runtime.watch, off this loop.
         self.logic.update_gauges(now)
-        lag: dict[str, int] = dict.fromkeys(self.metrics.providers, 0)
-        if self._assigned:
-            positions = self._consumer.position([TopicPartition(t, p) for t, p in self._assigned])
-            for tp in positions:
-                if tp.offset < 0:
-                    continue
-                _, high = self._consumer.get_watermark_offsets(tp, cached=True)
-                provider = self.logic.provider_of(tp.topic)
-                if high >= 0 and provider in lag:
-                    lag[provider] += max(0, high - tp.offset)
-        for provider, value in lag.items():
-            self.metrics.lag.labels(self.s.stage, provider).set(value)
 
     def _close(self) -> None:
         if self._consumer is not None:

@@ -8,14 +8,20 @@ example ``BRIDGE_COMPACTOR_INSTANCE_ID``, ``BRIDGE_REORDERER_METRICS_PORT``).
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import signal
 from collections.abc import Callable
 from typing import Any
 
 from gateway.cli import add_config_argument
 
-# librdkafka defaults that the config may override: the embedded broker holds the
-# first JoinGroup for session.timeout.ms / 2 (about 23 s with librdkafka's 45 s).
+# librdkafka defaults that the config may override, for every consumer process.
+# Short session timeouts rather than static membership (group.instance.id): a member
+# killed with -9 is declared dead within 6 s, so a restarted process (or a surviving
+# peer) owns its partitions again within ~10 s, while a member that never comes back
+# also frees its partitions in 6 s (static membership keeps them for the whole session
+# timeout), and nothing depends on a stable per-pod identity, which a Deployment does not
+# give. The embedded broker also holds the first JoinGroup for session.timeout.ms / 2.
 CONSUMER_DEFAULTS = {
     "session.timeout.ms": "6000",
     "heartbeat.interval.ms": "500",
@@ -50,9 +56,11 @@ def run_stage(args: argparse.Namespace, stage: str, build: Callable[[Any, str, A
     from prometheus_client import CollectorRegistry
 
     from consumers.ops import Health, OpsServer
-    from consumers.runtime.loop import LoopSettings, StageLoop
+    from consumers.runtime.loop import LoopSettings, StageLoop, call_timeout_s
+    from consumers.runtime.watch import BrokerWatch, GroupLag
     from gateway import config as config_module
     from gateway import logs
+    from gateway.metrics import broker_reachable_gauge
     from gateway.topics import names
 
     settings = config_module.load(args.config)
@@ -72,16 +80,19 @@ def run_stage(args: argparse.Namespace, stage: str, build: Callable[[Any, str, A
             "client.id": f"{stage}-{instance_id}",
         }
     )
+    producer_config = {**PRODUCER_DEFAULTS, **settings.producer_config()}
+    group_id = f"{prefix}.{stage}"
     loop = StageLoop(
         LoopSettings(
             stage=stage,
-            group_id=f"{prefix}.{stage}",
+            group_id=group_id,
             transactional_id=f"{prefix}.{stage}.{instance_id}",
             instance_id=instance_id,
             consumer_config=consumer_config,
-            producer_config={**PRODUCER_DEFAULTS, **settings.producer_config()},
+            producer_config=producer_config,
             commit_interval_s=section.commit_interval_ms / 1000.0,
             max_batch=section.max_batch,
+            call_timeout_s=call_timeout_s(producer_config),
         ),
         logic,
         metrics,
@@ -91,6 +102,13 @@ def run_stage(args: argparse.Namespace, stage: str, build: Callable[[Any, str, A
     port = section.metrics_port if args.metrics_port is None else args.metrics_port
     ops = OpsServer(host, port, loop.health, registry).start()
     logs.info("ops endpoint listening", host=host, port=ops.port, instance=instance_id)
+    lag = GroupLag(
+        group_id,
+        {t: metrics.lag.labels(stage, logic.provider_of(t)) for t in logic.input_topics()},
+    )
+    watch = BrokerWatch(
+        settings.admin_config(), stage, broker_reachable_gauge(registry, stage).labels(stage), [lag]
+    ).start()
 
     def on_signal(signum: int, _frame: object) -> None:
         logs.info("signal received; draining", signal=signal.Signals(signum).name)
@@ -98,9 +116,12 @@ def run_stage(args: argparse.Namespace, stage: str, build: Callable[[Any, str, A
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    # `kill -USR1 <pid>`: every thread's stack to stderr, for a process that seems stuck.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         return loop.run()
     finally:
+        watch.stop()
         ops.stop()
         close = getattr(logic, "close", None)
         if close is not None:
