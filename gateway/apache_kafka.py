@@ -507,10 +507,15 @@ def _formatted(node_dir: Path) -> bool:
 
 
 def _cluster_id() -> str:
-    """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding."""
+    """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding, never
+    starting with '-' (kafka-storage would read it as an option: 1 start in 64 failed;
+    Kafka's own Uuid.randomUuid() skips those too)."""
     import base64
 
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 @contextlib.contextmanager

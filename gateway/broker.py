@@ -154,6 +154,11 @@ class EmbeddedBroker:
     def alive(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    @property
+    def returncode(self) -> int | None:
+        """How the broker process ended (negative: the signal), None while it runs."""
+        return None if self._process is None else self._process.poll()
+
     def __enter__(self) -> EmbeddedBroker:
         self.start()
         return self

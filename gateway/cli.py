@@ -16,7 +16,10 @@ from collections.abc import Sequence
 from gateway.errors import BridgeError, ConfigError
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "up": ("gateway.up", "run a local Kafka, the topics and every process (make run)"),
+    "up": (
+        "gateway.up",
+        "run a local Kafka, the topics and every process, restarting what dies (make run)",
+    ),
     "gateway": ("gateway.server", "serve POST /webhooks/{source} and publish to Kafka"),
     "compactor": ("consumers.compactor", "drop duplicate event ids: raw -> .unique"),
     "reorderer": ("consumers.reorderer", "restore occurrence order: .unique -> .ordered"),

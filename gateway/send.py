@@ -1,12 +1,15 @@
 """`webhook-bridge send <source>`: sign a body the way the source's provider would, and post it.
 
 The first example in the README, and a tool for providers' integration tests.
-Secrets come from the same environment variables the gateway reads.
+Secrets come from the same environment variables the gateway reads; a variable
+that is unset is taken from the demo secrets `webhook-bridge up` keeps
+(``.state/demo-secrets.env``, see `gateway.demo_secrets`).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import uuid
@@ -14,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gateway import config as config_module
+from gateway import demo_secrets
 from gateway.cli import add_config_argument
 from gateway.errors import ConfigError
 
@@ -32,6 +36,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--event-id", help="reuse an event id (to show deduplication)")
     parser.add_argument("--url", help="gateway base URL (default from gateway.host/port)")
     parser.add_argument("--count", type=int, default=1, help="send this many events")
+    parser.add_argument(
+        "--secrets-file",
+        default=str(demo_secrets.DEFAULT_PATH),
+        help="demo secrets written by `webhook-bridge up`, used for variables that are unset "
+        f"(default {demo_secrets.DEFAULT_PATH})",
+    )
 
 
 def prepare(
@@ -63,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
     from gateway.samples import DEFAULT_TYPES
     from gateway.sources import verify_context
 
-    settings = config_module.load(args.config)
+    env, _ = demo_secrets.with_fallback(os.environ, Path(args.secrets_file))
+    settings = config_module.load(args.config, env)
     source = settings.sources.get(args.source)
     if source is None:
         raise ConfigError(

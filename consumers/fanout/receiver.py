@@ -41,12 +41,14 @@ def create_app(key: bytes | None) -> Starlette:
         verified = key is not None and signing.verify(
             key, event_id, h.get("webhook-timestamp", ""), body, h.get("webhook-signature", "")
         )
-        print(
+        # One write per line: print() writes the newline apart, and with PYTHONUNBUFFERED
+        # another process sharing the terminal (under `make run`) could land in between.
+        sys.stdout.write(
             f"event id={event_id} provider={h.get('x-webhook-provider', '')} "
             f"type={h.get('x-webhook-event-type', '')} "
-            f"verified={'yes' if verified else 'no'}",
-            flush=True,
+            f"verified={'yes' if verified else 'no'}\n"
         )
+        sys.stdout.flush()
         return PlainTextResponse(
             "ok\n" if verified else "bad signature\n", status_code=200 if verified else 401
         )

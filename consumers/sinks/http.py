@@ -6,6 +6,9 @@ Options (``[sinks.<name>]``):
 - ``secret`` (required): name of the environment variable holding ``whsec_<base64>``.
 - ``timeout_s`` (10): whole-request timeout; ``connect_timeout_s`` (5).
 - ``max_connections`` (100): connection pool size (keep-alive, one pool per sink).
+- ``demo_receiver`` (false): `webhook-bridge up` (make run) also runs the demo receiver
+  (`webhook-bridge receiver`) at ``url``, which must then be on 127.0.0.1 or localhost
+  with an explicit port. Without it, `up` starts nothing there: the URL is your service.
 
 The client is `consumers.sinks.http_client` (asyncio + httptools), not httpx:
 httpx cost ~2 ms of CPU per request, which capped a sink at a few hundred/s.
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from consumers.fanout.policy import parse_retry_after
 from consumers.sinks import signing
@@ -29,11 +32,19 @@ from gateway.verify.common import Options
 from schemas.envelope import micros_to_iso
 
 RETRYABLE_STATUS = frozenset({408, 429})
+DEMO_HOSTS = ("127.0.0.1", "localhost")
 USER_AGENT = "webhook-bridge"
 
 
 class HttpSink(Sink):
-    OPTIONS = ("url", "secret", "timeout_s", "connect_timeout_s", "max_connections")
+    OPTIONS = (
+        "url",
+        "secret",
+        "timeout_s",
+        "connect_timeout_s",
+        "max_connections",
+        "demo_receiver",
+    )
 
     def __init__(self, settings: SinkSettings, context: SinkContext) -> None:
         super().__init__(settings, context)
@@ -88,6 +99,28 @@ class HttpSink(Sink):
         await self._client.close()
 
 
+def demo_receiver_port(settings: SinkSettings) -> int | None:
+    """The loopback port where `up` runs the demo receiver for this sink, or None."""
+    opts = HttpSink.options_for(settings)
+    if not opts.flag("demo_receiver", False):
+        return None
+    return _demo_port(opts, urlsplit(opts.opt_text("url") or ""))
+
+
+def _demo_port(opts: Options, parts: SplitResult) -> int:
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if parts.hostname not in DEMO_HOSTS or not port:
+        raise opts.fail(
+            "demo_receiver",
+            "the demo receiver runs on this machine: url must be http://127.0.0.1:<port>/... "
+            "or http://localhost:<port>/...",
+        )
+    return port
+
+
 def _parse(opts: Options, env: Mapping[str, str]) -> tuple[str, bytes, float, float, int]:
     url = opts.opt_text("url")
     if not url:
@@ -95,6 +128,11 @@ def _parse(opts: Options, env: Mapping[str, str]) -> tuple[str, bytes, float, fl
     problem = url_problem(url)
     if problem is not None:
         raise opts.fail("url", problem)
+    if opts.flag("demo_receiver", False):
+        parts = urlsplit(url)
+        if parts.scheme != "http":
+            raise opts.fail("demo_receiver", "the demo receiver serves http://, not https://")
+        _demo_port(opts, parts)
     var = opts.opt_text("secret")
     if not var:
         raise opts.fail("secret", "required: the environment variable holding whsec_<base64>")

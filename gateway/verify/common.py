@@ -98,6 +98,14 @@ class Options:
             raise self.fail(name, f"unsupported value {value[:40]!r}; valid: {', '.join(choices)}")
         return value
 
+    def flag(self, name: str, default: bool) -> bool:
+        value = self._raw(name)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise self.fail(name, "must be true or false")
+        return value
+
     def number(self, name: str, default: float, *, positive: bool = True) -> float:
         value = self._raw(name)
         if value is None:
