@@ -120,6 +120,7 @@ async def replay(
     consumer = Consumer(
         {
             **settings.consumer_config(),
+            **logs.kafka_client_config("replay"),
             "group.id": f"{settings.bridge.topic_prefix}.replay",
             "enable.auto.commit": False,
             "enable.partition.eof": False,

@@ -173,10 +173,14 @@ class Settings:
         return tuple(sorted({s.provider for s in self.sources.values()}))
 
     def producer_config(self, **overrides: Any) -> dict[str, Any]:
-        """Every producer's settings; ``message.max.bytes`` fits the largest envelope."""
+        """Every producer's settings: ``message.max.bytes`` fits the largest envelope, and no
+        producer asks the broker to create a topic (topics come from `topics`)."""
         from gateway.sizes import producer_message_max_bytes
 
-        fitted = {"message.max.bytes": str(producer_message_max_bytes(self))}
+        fitted = {
+            "message.max.bytes": str(producer_message_max_bytes(self)),
+            "allow.auto.create.topics": "false",
+        }
         return {**fitted, **self.kafka, **self.kafka_producer, **overrides}
 
     def consumer_config(self, **overrides: Any) -> dict[str, Any]:

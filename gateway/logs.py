@@ -11,6 +11,7 @@ import re
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Hashable
 from typing import Any, Generic, TypeVar
 
@@ -190,3 +191,20 @@ class KafkaClientLog:
         if repeated:
             fields["repeated"] = repeated
         log(level, msg, **fields)
+
+
+_CLIENT_LOGS: weakref.WeakSet[KafkaClientLog] = weakref.WeakSet()
+
+
+def kafka_client_config(client: str) -> dict[str, Any]:
+    """``logger`` and ``error_cb`` for one more librdkafka client of this process, through a
+    `KafkaClientLog` (throttled); `flush_client_logs` reports what each one suppressed."""
+    client_log = KafkaClientLog(client)
+    _CLIENT_LOGS.add(client_log)
+    return client_log.config()
+
+
+def flush_client_logs() -> None:
+    """Log the count of every burst that stopped (call it now and then)."""
+    for client_log in list(_CLIENT_LOGS):
+        client_log.flush()

@@ -214,7 +214,8 @@ def test_broker_killed_under_load(
             total = value(
                 after, f"{g}_publish_duration_seconds_sum", source="fintoc", outcome=outcome
             )
-            assert total / counts[outcome] >= DEADLINE_S, (outcome, total, counts[outcome])
+            # the loop's timer may fire a hair before the deadline by the perf counter
+            assert total / counts[outcome] >= DEADLINE_S * 0.99, (outcome, total, counts[outcome])
             at_deadline = value(
                 after,
                 f"{g}_publish_duration_seconds_bucket",

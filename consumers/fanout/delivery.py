@@ -130,6 +130,7 @@ class DeadLetters:
         self._producer = Producer(
             {
                 **producer_config,
+                **logs.kafka_client_config(f"dlq {sink}"),
                 "enable.idempotence": True,
                 "acks": "all",
                 "linger.ms": 5,

@@ -141,6 +141,7 @@ class SinkRunner:
             {
                 **CONSUMER_DEFAULTS,  # short session timeouts: a restart rejoins in seconds
                 **self.settings.consumer_config(),
+                **logs.kafka_client_config(f"sink {self.name}"),
                 "group.id": group_id(self.settings, self.name),
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",

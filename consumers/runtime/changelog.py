@@ -96,7 +96,7 @@ class ChangelogReader:
                     on_stale(*where)
                 starts[where] = 0
         if self._consumer is None:
-            self._consumer = Consumer(self._config)
+            self._consumer = Consumer({**self._config, **logs.kafka_client_config("restore")})
         consumer = self._consumer
         consumer.assign(
             [

@@ -246,7 +246,13 @@ class StageLoop:
                 logs.info("stage stopped", stage=self.s.stage)
                 return 0
             raise
-        self._consumer = Consumer({**self.s.consumer_config, "group.id": self.s.group_id})
+        self._consumer = Consumer(
+            {
+                **self.s.consumer_config,
+                **logs.kafka_client_config("consumer"),
+                "group.id": self.s.group_id,
+            }
+        )
         self._consumer.subscribe(
             self.logic.input_topics(),
             on_assign=self._on_assign,
@@ -573,6 +579,7 @@ class StageLoop:
                 producer = Producer(
                     {
                         **self.s.producer_config,
+                        **logs.kafka_client_config("producer"),
                         "transactional.id": self.s.transactional_id,
                         "on_delivery": self._on_delivery,
                     }

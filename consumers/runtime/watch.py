@@ -81,6 +81,7 @@ class BrokerWatch:
             while not self._stopped.is_set():
                 started = time.monotonic()
                 self.check()
+                logs.flush_client_logs()  # the counts of bursts the clients' logs held back
                 self._stopped.wait(max(0.0, self.interval_s - (time.monotonic() - started)))
         finally:
             for reader in self._readers.values():

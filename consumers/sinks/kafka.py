@@ -180,7 +180,7 @@ class KafkaSink(Sink):
         """A producer whose transactions are initialised: while Kafka is away this waits,
         with a log line per attempt, however long it takes (a fan-out rides out an
         outage); only a fatal error (another producer took the transactional.id) stops."""
-        producer = Producer(self._config)
+        producer = Producer({**self._config, **logs.kafka_client_config(f"sink {self.name}")})
         waited = 0.0
         while True:
             try:
