@@ -134,8 +134,10 @@ WORKER_CONFIG_ENV = "BRIDGE_CONFIG"
 def worker_app() -> Any:
     """One worker's app (`--workers N`): the config named by the parent, its own producer."""
     from gateway.app import create_app
+    from gateway.broker import _die_with_parent
     from gateway.connections import configure_worker_protocol
 
+    _die_with_parent()  # a killed supervisor must not leave its workers serving
     settings = config_module.load(os.environ[WORKER_CONFIG_ENV])
     logs.setup(settings.bridge.log_level, settings.bridge.log_format, process="gateway")
     configure_worker_protocol(settings.gateway)

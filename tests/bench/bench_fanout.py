@@ -276,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     sys.path.insert(0, str(REPO))
     from gateway.broker import free_port
-    from gateway.topics import TopicSpec, ensure_topics
+    from gateway.config import load
+    from gateway.topics import TopicSpec, ensure_topics, implied_topics
 
     broker = None
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
@@ -313,7 +314,17 @@ def main(argv: list[str] | None = None) -> int:
                     config, bootstrap, f"{prefix}{sink}", port, args.fetch_wait_ms, args.concurrency
                 )
                 topic = f"{prefix}{sink}.bench.ordered"
-                ensure_topics({"bootstrap.servers": bootstrap}, [TopicSpec(topic, PARTITIONS, 1)])
+                # every topic the config implies (DLQs too) and the kafka sink's: nothing
+                # is auto-created
+                settings = load(config, env={**os.environ, "BENCH_SECRET": SECRET})
+                ensure_topics(
+                    {"bootstrap.servers": bootstrap},
+                    [
+                        *implied_topics(settings),
+                        TopicSpec(topic, PARTITIONS, 1),
+                        TopicSpec(f"{prefix}{sink}-out", PARTITIONS, 1),
+                    ],
+                )
                 produce(bootstrap, topic, args.events, 0)
                 if sink == "http":
                     stats(port)  # reset
