@@ -104,6 +104,21 @@ def captured_logs(level: int = logging.DEBUG) -> Iterator[LogRecords]:
         logger.setLevel(previous)
 
 
+def wait_until_ok(url: str, process: Any, timeout_s: float) -> None:
+    """Poll `url` until it answers 200; fail if `process` exits or `timeout_s` passes."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(url).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline and process.poll() is None, f"{url} never 200"
+        time.sleep(0.1)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

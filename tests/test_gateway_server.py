@@ -19,7 +19,7 @@ from gateway.sources import verify_context
 from gateway.topics import ensure_topics, implied_topics, names
 from gateway.verify import sign_request
 from tests.conftest import KafkaCluster
-from tests.support import DEMO_ENV, gateway_toml, read_topic, settings_from_toml
+from tests.support import DEMO_ENV, gateway_toml, read_topic, settings_from_toml, wait_until_ok
 
 pytestmark = pytest.mark.kafka
 REPO = Path(__file__).resolve().parent.parent
@@ -44,15 +44,7 @@ def test_sigterm_drains_in_flight_requests(kafka: KafkaCluster, tmp_path: Path) 
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "gateway did not start"
-            time.sleep(0.1)
+        wait_until_ok(f"{base}/healthz", process, 30)
         source = settings.sources["fintoc"]
         answers: list[tuple[int, str]] = []  # (status or 0 for a transport error, id)
         lock = threading.Lock()

@@ -20,7 +20,7 @@ from gateway.sources import verify_context
 from gateway.topics import ensure_topics, implied_topics, names
 from gateway.verify import sign_request
 from tests.conftest import KafkaCluster
-from tests.support import DEMO_ENV, gateway_toml, read_topic, settings_from_toml
+from tests.support import DEMO_ENV, gateway_toml, read_topic, settings_from_toml, wait_until_ok
 
 pytestmark = pytest.mark.kafka
 REPO = Path(__file__).resolve().parent.parent
@@ -70,15 +70,7 @@ def test_two_workers_serve_one_port_and_their_counters_add_up(
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/readyz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline and process.poll() is None, "gateway did not start"
-            time.sleep(0.2)
+        wait_until_ok(f"{base}/readyz", process, 60)
         workers = _workers(process.pid)
         assert len(workers) == 2, workers
 
