@@ -19,7 +19,7 @@ install: $(STAMP)
 # Without Java 17+ or Maven this prints one line saying what is missing; `make run`
 # and the tests then use the embedded broker.
 kafka-jars: $(STAMP)
-	@$(BIN)/python -m gateway.apache_kafka fetch --optional
+	@$(BIN)/python -m deploy.apache_kafka fetch --optional
 
 # A three-node Apache Kafka cluster on loopback (first node on 9092), in the foreground.
 kafka-cluster: $(STAMP) kafka-jars
@@ -29,8 +29,8 @@ run: $(STAMP) kafka-jars
 	$(BIN)/webhook-bridge up --config $(CONFIG)
 
 lint: $(STAMP)
-	$(BIN)/ruff check gateway schemas consumers tests
-	$(BIN)/ruff format --check gateway schemas consumers tests
+	$(BIN)/ruff check gateway schemas consumers deploy tests
+	$(BIN)/ruff format --check gateway schemas consumers deploy tests
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -59,7 +59,7 @@ include deploy/tools.mk
 # A Confluent-compatible Schema Registry for tests and local runs (docs/schema-registry.md):
 # Apicurio Registry's built application, fetched from Maven Central by deploy/registry/pom.xml
 # and unpacked into .cache/registry (gitignored). Offline once fetched (~/.m2 keeps it).
-# Maven needs Java 17+; the registry itself runs on Java 21+ (gateway/schema_registry.py
+# Maven needs Java 17+; the registry itself runs on Java 21+ (deploy/schema_registry.py
 # finds one: BRIDGE_SCHEMA_REGISTRY_JAVA, JAVA_HOME, java on PATH, /usr/lib/jvm/*).
 REGISTRY_POM     := deploy/registry/pom.xml
 REGISTRY_VERSION := $(shell sed -n 's:.*<apicurio.version>\(.*\)</apicurio.version>.*:\1:p' $(REGISTRY_POM))

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from consumers.runtime.changelog import TopicPartitionKey
     from consumers.runtime.loop import Output, Replay
     from consumers.state.dedup_store import DedupStore, Seen
-    from gateway.config import Settings
+    from schemas.config import Settings
 
 STAGE = "compactor"
 PURGE_INTERVAL_S = 10.0
@@ -93,8 +93,8 @@ class Compactor:
         clock: Callable[[], float] = time.time,
     ) -> None:
         from consumers.runtime.attributes import AttributeReader
-        from gateway.topics import names
         from schemas.serde import EnvelopeDeserializer
+        from schemas.topics import names
 
         t = names(settings)
         self._quarantine = t.quarantine

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from consumers.runtime.loop import Output, Replay
     from consumers.state.reorder_buffer import Release, ReorderBuffer
     from consumers.state.reorder_codec import BufferedRecord
-    from gateway.config import Settings
+    from schemas.config import Settings
 
 STAGE = "reorderer"
 
@@ -87,8 +87,8 @@ class Reorderer:
         clock: Callable[[], float] = time.time,
     ) -> None:
         from consumers.runtime.attributes import AttributeReader
-        from gateway.topics import names
         from schemas.serde import EnvelopeDeserializer
+        from schemas.topics import names
 
         t = names(settings)
         self._quarantine = t.quarantine

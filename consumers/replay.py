@@ -23,13 +23,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway import logs
-from gateway.config import Settings, SinkSettings
-from gateway.errors import ConfigError
+from schemas import logs
+from schemas.config import Settings, SinkSettings
+from schemas.errors import ConfigError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from gateway.cli import add_config_argument
+    from schemas.config import add_config_argument
 
     add_config_argument(parser)
     parser.add_argument("--sink", required=True, metavar="NAME")
@@ -223,7 +223,7 @@ async def replay(
 
 def range_from_args(settings: Settings, args: argparse.Namespace) -> ReplayRange:
     from consumers.fanout.runner import source_topics
-    from gateway.topics import names
+    from schemas.topics import names
 
     if args.sink not in settings.sinks:
         raise ConfigError(
@@ -247,7 +247,7 @@ def range_from_args(settings: Settings, args: argparse.Namespace) -> ReplayRange
 
 
 def run(args: argparse.Namespace) -> int:
-    from gateway import config
+    from schemas import config
 
     settings = config.load(args.config)
     logs.setup(settings.bridge.log_level, settings.bridge.log_format, process="replay")

@@ -26,13 +26,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from gateway import logs
-from gateway.config import Settings, SourceSettings
-from gateway.errors import VerificationError
 from gateway.metrics import (
     NO_MODE,
     GatewayMetrics,
-    broker_reachable_gauge,
     multiprocess_dir,
     multiprocess_registry,
     verified_labels,
@@ -40,10 +36,14 @@ from gateway.metrics import (
 from gateway.normalize import normalize
 from gateway.publisher import Publisher, PublishError
 from gateway.sources import build_verifiers
-from gateway.topics import TopicNames, names
 from gateway.verify.base import REASONS, InboundRequest, Verifier
+from schemas import logs
+from schemas.config import Settings, SourceSettings
+from schemas.errors import VerificationError
+from schemas.process import broker_reachable_gauge
 from schemas.records import ce_headers, quarantine_headers
 from schemas.serde import EnvelopeSerializer
+from schemas.topics import TopicNames, names
 
 RETRY_AFTER_S = "5"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")

@@ -19,7 +19,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from gateway.config import GatewaySettings
+from schemas.config import GatewaySettings
 
 
 class _HeadTooLarge(Exception):

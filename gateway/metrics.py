@@ -10,7 +10,7 @@ verifier can report), so every series exists from the first scrape.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -21,7 +21,7 @@ from gateway.publisher import REASONS as PUBLISH_REASONS
 from gateway.verify.base import REASONS, Verifier
 
 if TYPE_CHECKING:
-    from gateway.config import SourceSettings
+    from schemas.config import SourceSettings
 
 UNKNOWN_SOURCE = "_unknown"
 OUTCOMES = (
@@ -42,7 +42,6 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 # WebhookBridgePublishLatencyNearDeadline compares publish p99 with this share of each
 # source's deadline: both it and the deadline are bucket bounds, so the quantile is exact there.
 NEAR_DEADLINE = 0.8
-BROKER_REACHABLE = "webhook_bridge_broker_reachable"  # shared with the consumer processes
 
 
 def latency_buckets(deadlines: Iterable[float]) -> tuple[float, ...]:
@@ -67,25 +66,6 @@ def multiprocess_registry() -> CollectorRegistry:
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     return registry
-
-
-def broker_reachable_gauge(
-    registry: CollectorRegistry, process: str, reachable: Callable[[], bool] | None = None
-) -> Gauge:
-    """`webhook_bridge_broker_reachable{process}`, the one definition every process uses: 1
-    while the process's Kafka client reaches a broker, else 0 (and 0 until it first did).
-    With `reachable`, read at each scrape (the gateway); else set by the process's watch."""
-    gauge = Gauge(
-        BROKER_REACHABLE,
-        "1 while this process reaches a Kafka broker (background metadata probe), else 0",
-        ["process"],
-        registry=registry,
-        multiprocess_mode="livemin",  # gateway workers: 0 when any of them lost the broker
-    )
-    gauge.labels(process).set(0)
-    if reachable is not None:
-        gauge.labels(process).set_function(lambda: float(reachable()))
-    return gauge
 
 
 def verified_labels(source: SourceSettings, verifier: Verifier) -> list[tuple[str, str, str]]:

@@ -25,9 +25,8 @@ from typing import Any
 
 import orjson
 
-from gateway.config import SourceSettings
-from gateway.selectors import Selector
 from gateway.verify.base import VerifiedRequest
+from schemas.config import SourceSettings
 from schemas.envelope import (
     HEADER_ALLOW_LIST,
     MAX_HEADER_VALUE,
@@ -37,6 +36,7 @@ from schemas.envelope import (
     Envelope,
     Verification,
 )
+from schemas.selectors import Selector
 
 FIELDS = ("id", "type", "occurred_at", "ordering_key")  # the fields selectors fill
 _MIN_US = 0

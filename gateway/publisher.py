@@ -43,8 +43,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from gateway import logs
-from gateway.errors import BridgeError
+from schemas import logs
+from schemas.errors import BridgeError
 
 PRODUCER_DEFAULTS: dict[str, Any] = {
     "enable.idempotence": True,

@@ -22,10 +22,9 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from gateway import config as config_module
-from gateway import logs
-from gateway.cli import add_config_argument
-from gateway.config import Settings
+from schemas import config as config_module
+from schemas import logs
+from schemas.config import Settings, add_config_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -75,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     serializer = EnvelopeSerializer(settings.bridge.schema_registry_url)
     # Registry mode: register before listening, so a registry that refuses the
     # envelope (or cannot be reached) stops the gateway with one line (SerdeError,
-    # printed by gateway.cli), never as 5xx answers to providers later.
+    # printed by deploy.cli), never as 5xx answers to providers later.
     for topic in registry_topics(settings) if serializer.uses_registry else ():
         serializer.prepare(topic)
     workers = args.workers or settings.gateway.workers
@@ -134,10 +133,10 @@ WORKER_CONFIG_ENV = "BRIDGE_CONFIG"
 def worker_app() -> Any:
     """One worker's app (`--workers N`): the config named by the parent, its own producer."""
     from gateway.app import create_app
-    from gateway.broker import _die_with_parent
     from gateway.connections import configure_worker_protocol
+    from schemas.process import die_with_parent
 
-    _die_with_parent()  # a killed supervisor must not leave its workers serving
+    die_with_parent()  # a killed supervisor must not leave its workers serving
     settings = config_module.load(os.environ[WORKER_CONFIG_ENV])
     logs.setup(settings.bridge.log_level, settings.bridge.log_format, process="gateway")
     configure_worker_protocol(settings.gateway)

@@ -1,6 +1,6 @@
 """Each source's secrets and verifier, built by the gateway when it starts.
 
-The configuration is data (`gateway.config`): a source names its secrets (variables
+The configuration is data (`schemas.config`): a source names its secrets (variables
 or files) and its ``[sources.X.verify]`` options, and nothing reads them there. The
 gateway, the one process that verifies webhooks, reads them here when its app is
 created (and `check-config` when it checks a config); the compactor, reorderer and
@@ -15,10 +15,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from gateway.config import Settings, SourceSettings
-from gateway.errors import ConfigError
 from gateway.verify import build_verifier
 from gateway.verify.base import BuildContext, Secret, Verifier
+from schemas.config import Settings, SourceSettings
+from schemas.errors import ConfigError
 
 # Jiko: the partner's shared secret has at least 16 characters.
 SECRET_MIN_CHARS = {"jiko": 16}

@@ -14,7 +14,7 @@ CE_SPECVERSION = "1.0"
 
 # What the gateway keeps in an envelope: these request headers (never Authorization,
 # cookies or signatures), and text fields cut at these lengths (in characters). The
-# record-size bound (`gateway.sizes`) rests on them.
+# record-size bound (`schemas.sizes`) rests on them.
 HEADER_ALLOW_LIST = frozenset(
     {
         "content-type",

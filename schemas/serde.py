@@ -32,9 +32,9 @@ from typing import Any
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-from gateway.errors import BridgeError
 from schemas.avro_writer import encode_envelope
 from schemas.envelope import Envelope
+from schemas.errors import BridgeError
 
 SO_MAGIC = b"\xc3\x01"
 CONFLUENT_MAGIC = 0

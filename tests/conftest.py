@@ -2,7 +2,7 @@
 
 Kafka mode (``--kafka``, default ``auto``):
 - ``apache``: Apache Kafka itself, one KRaft node started from Maven Central's jars
-  (`gateway.apache_kafka`) on free loopback ports for the session, stopped at the end.
+  (`deploy.apache_kafka`) on free loopback ports for the session, stopped at the end.
 - ``existing``: ``KAFKA_BOOTSTRAP_SERVERS`` is set: that cluster is used as it is.
 - ``embedded``: the Tansu broker (memory only, shows aborted records); the fallback
   where no Java 17+ is installed.
@@ -27,15 +27,15 @@ from dataclasses import dataclass
 
 import pytest
 
-from gateway import apache_kafka
-from gateway.apache_kafka import ApacheKafka
-from gateway.broker import EmbeddedBroker
+from deploy import apache_kafka
+from deploy.apache_kafka import ApacheKafka
+from deploy.broker import EmbeddedBroker
 
 KAFKA_MODES = ("apache", "embedded", "existing", "testcontainers")
 # Test brokers abort a dead producer's timed-out transaction within 1 s of its
 # transaction.timeout.ms (the broker default checks every 10 s), and their log cleaner
 # looks for work every second (default 15 s); nothing else differs from
-# gateway.apache_kafka's defaults.
+# deploy.apache_kafka's defaults.
 TEST_BROKER_CONFIG = {
     "transaction.abort.timed.out.transaction.cleanup.interval.ms": "1000",
     "log.cleaner.backoff.ms": "1000",

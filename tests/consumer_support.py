@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway import config as config_module
-from gateway.config import Settings
-from gateway.topics import ensure_topics, implied_topics
+from deploy.topics import ensure_topics
+from schemas import config as config_module
+from schemas.config import Settings
 from schemas.envelope import Envelope, Verification
 from schemas.records import ce_headers
 from schemas.serde import EnvelopeSerializer
+from schemas.topics import implied_topics
 
 REPO = Path(__file__).resolve().parent.parent
 BASE_US = 1_700_000_000_000_000
@@ -215,7 +216,7 @@ def read_topic(
 
 @dataclass
 class StageProcess:
-    """`python -m gateway.cli <stage> --config ...` as a child; always stopped by the test."""
+    """`python -m deploy.cli <stage> --config ...` as a child; always stopped by the test."""
 
     stage: str
     config: Path
@@ -231,7 +232,7 @@ class StageProcess:
             [
                 sys.executable,
                 "-m",
-                "gateway.cli",
+                "deploy.cli",
                 self.stage,
                 "--config",
                 str(self.config),

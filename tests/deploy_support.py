@@ -30,7 +30,7 @@ import pytest
 import yaml
 
 if TYPE_CHECKING:
-    from gateway.config import Settings
+    from schemas.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -224,7 +224,8 @@ def code_metrics() -> Mapping[str, CodeMetric]:
 
     from consumers.fanout.metrics import FanoutMetrics
     from consumers.metrics import CompactorMetrics, ReordererMetrics, StageMetrics
-    from gateway.metrics import GatewayMetrics, broker_reachable_gauge
+    from gateway.metrics import GatewayMetrics
+    from schemas.process import broker_reachable_gauge
 
     registry = CollectorRegistry()
     GatewayMetrics([("source", 1.0)], registry, verified=[("source", "scheme", "key_id", "mode")])
@@ -622,8 +623,8 @@ def render_prometheusrule() -> str:
 
 def render_kafkatopics(cluster: str = "my-cluster") -> str:
     """deploy/k8s/strimzi/kafkatopics.yaml, from the topics deploy/k8s/config.toml implies."""
-    from gateway.config import load
-    from gateway.topics import implied_topics
+    from schemas.config import load
+    from schemas.topics import implied_topics
 
     settings = load(K8S_CONFIG, env=dummy_env(K8S_CONFIG))
     docs = []
@@ -652,7 +653,7 @@ def render_kafkatopics(cluster: str = "my-cluster") -> str:
         )
     header = (
         "# Generated from the topics deploy/k8s/config.toml implies "
-        "(gateway.topics.implied_topics):\n"
+        "(schemas.topics.implied_topics):\n"
         "#   python -m tests.deploy_support kafkatopics > deploy/k8s/strimzi/kafkatopics.yaml\n"
         "# tests/test_deploy_k8s.py fails when they drift. 12 partitions everywhere: the\n"
         "# state topics are co-partitioned with the topics they track, and\n"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.broker import free_port
+from deploy.broker import free_port
 
 APACHE_KAFKA_IMAGE = "apache/kafka:4.1.1"
 

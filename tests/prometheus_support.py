@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from gateway.broker import free_port
+from deploy.broker import free_port
 from tests.deploy_support import find_tool, require_tool
 
 

@@ -36,9 +36,9 @@ from starlette.routing import Route
 
 from consumers.fanout.metrics import FanoutMetrics
 from consumers.fanout.process import Fanout
-from gateway import config
-from gateway.broker import free_port
-from gateway.config import Settings
+from deploy.broker import free_port
+from schemas import config
+from schemas.config import Settings
 from schemas.envelope import Envelope, Verification
 from schemas.records import ce_headers
 from schemas.serde import EnvelopeSerializer

@@ -5,7 +5,7 @@ Import it into a test module (``from tests.registry_fixture import schema_regist
 - ``SCHEMA_REGISTRY_URL`` set: that registry is used as it is (a Confluent Schema
   Registry's root URL, or an Apicurio's ``.../apis/ccompat/v7``). Tests use unique
   subject names, so a shared registry is fine.
-- otherwise: Apicurio Registry (gateway/schema_registry.py) on a free loopback port,
+- otherwise: Apicurio Registry (deploy/schema_registry.py) on a free loopback port,
   built on demand with `make registry-jars` (the first build downloads about 160 MB
   from Maven Central), stopped at the end of the session.
 
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from gateway.schema_registry import RegistryError, SchemaRegistry
+from deploy.schema_registry import RegistryError, SchemaRegistry
 
 URL_ENV = "SCHEMA_REGISTRY_URL"
 REQUIRE_ENV = "WB_TEST_REQUIRE_SCHEMA_REGISTRY"

@@ -15,8 +15,8 @@ from typing import Any
 import uvicorn
 from confluent_kafka import Consumer
 
-from gateway import config as config_module
-from gateway.config import Settings
+from schemas import config as config_module
+from schemas.config import Settings
 
 DEMO_ENV = {
     "JIKO_WEBHOOK_SECRET": "jiko-secret-0123456789",

@@ -13,9 +13,9 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from gateway import apache_kafka
-from gateway.apache_kafka import ApacheKafka
-from gateway.broker import free_port, port_in_use
+from deploy import apache_kafka
+from deploy.apache_kafka import ApacheKafka
+from deploy.broker import free_port, port_in_use
 
 pytestmark = [pytest.mark.kafka, pytest.mark.real_kafka]
 REPO = Path(__file__).resolve().parent.parent
@@ -104,7 +104,7 @@ def test_without_java_one_line_says_what_is_missing(monkeypatch: pytest.MonkeyPa
 def test_the_broker_command_runs_apache_kafka_and_stops_on_sigterm() -> None:
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "broker", "--engine", "apache", "--port", str(port)],
+        [sys.executable, "-m", "deploy.cli", "broker", "--engine", "apache", "--port", str(port)],
         stdout=subprocess.PIPE,
         text=True,
         cwd=REPO,

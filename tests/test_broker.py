@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Producer
 
-from gateway.broker import EmbeddedBroker, free_port, port_in_use
-from gateway.errors import BrokerError
+from deploy.broker import EmbeddedBroker, free_port, port_in_use
+from schemas.errors import BrokerError
 
 
 def test_start_answers_metadata_and_stop_frees_the_port() -> None:
@@ -63,7 +63,7 @@ def test_broker_that_dies_at_start_is_reported(tmp_path: Path) -> None:
 def test_broker_command_runs_and_stops_on_sigterm() -> None:
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "broker", "--port", str(port)],
+        [sys.executable, "-m", "deploy.cli", "broker", "--port", str(port)],
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.topics import TopicNames
+from schemas.topics import TopicNames
 from tests.conftest import KafkaCluster
 from tests.consumer_support import (
     BASE_US,

@@ -24,12 +24,13 @@ from pathlib import Path
 
 import pytest
 
-from gateway import apache_kafka
-from gateway.apache_kafka import ApacheKafka
+from deploy import apache_kafka
+from deploy.apache_kafka import ApacheKafka
+from deploy.topics import ensure_topics
 from gateway.app import create_app
 from gateway.sources import verify_context
-from gateway.topics import ensure_topics, implied_topics, names
 from gateway.verify import sign_request
+from schemas.topics import implied_topics, names
 from tests.conftest import TEST_BROKER_CONFIG
 from tests.consumer_support import Stages, read_topic
 from tests.support import DEMO_ENV, serve, settings_from_toml

@@ -5,9 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway import config, sources
-from gateway.errors import ConfigError
+from gateway import sources
 from gateway.sources import build_verifiers, verify_context
+from schemas import config
+from schemas.errors import ConfigError
 from tests.support import DEMO_ENV, gateway_settings, settings_from_toml
 
 REPO = Path(__file__).resolve().parent.parent
@@ -213,7 +214,7 @@ def test_missing_file_and_bad_toml(tmp_path: Path) -> None:
 def test_cli_reports_config_error_in_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from gateway.cli import main
+    from deploy.cli import main
 
     path = tmp_path / "c.toml"
     path.write_text(MINIMAL + "\n[gateway]\nprot = 1\n")
@@ -233,7 +234,7 @@ def test_demo_config_is_valid_toml_without_secrets_in_it() -> None:
 def test_check_config_validates_sink_options(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from gateway.cli import main
+    from deploy.cli import main
 
     for key, value in DEMO_ENV.items():
         monkeypatch.setenv(key, value)
@@ -389,7 +390,7 @@ def test_jiko_secret_file_length_is_checked(tmp_path: Path) -> None:
 def test_check_config_refuses_a_short_jiko_secret(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from gateway.cli import main
+    from deploy.cli import main
 
     monkeypatch.setenv("JIKO_WEBHOOK_SECRET", "five5")
     path = tmp_path / "c.toml"
@@ -416,8 +417,8 @@ def test_docs_state_the_provider_rules() -> None:
 
 
 def test_producers_and_envelope_topics_fit_the_largest_envelope() -> None:
-    from gateway.sizes import record_limits
-    from gateway.topics import implied_topics
+    from schemas.sizes import record_limits
+    from schemas.topics import implied_topics
 
     settings = settings_from_toml(MINIMAL)  # body_limit 1 MiB: more than librdkafka's 1 MB
     need = record_limits(settings)
@@ -530,7 +531,7 @@ def test_check_config_names_every_bad_value_in_one_line(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from gateway.cli import main
+    from deploy.cli import main
 
     for name, value in DEMO_ENV.items():
         monkeypatch.setenv(name, value)

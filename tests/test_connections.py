@@ -12,12 +12,13 @@ from dataclasses import dataclass
 
 import pytest
 
+from deploy.samples import sample_body
+from deploy.topics import ensure_topics
 from gateway.app import create_app
-from gateway.config import Settings
-from gateway.samples import sample_body
 from gateway.sources import verify_context
-from gateway.topics import ensure_topics, implied_topics
 from gateway.verify import sign_request
+from schemas.config import Settings
+from schemas.topics import implied_topics
 from tests.conftest import KafkaCluster
 from tests.support import gateway_toml, serve, settings_from_toml
 

@@ -34,8 +34,9 @@ from typing import Any
 
 import pytest
 
-from gateway.broker import free_port
-from gateway.topics import TopicSpec, ensure_topics, names
+from deploy.broker import free_port
+from deploy.topics import ensure_topics
+from schemas.topics import TopicSpec, names
 from tests.conftest import KafkaCluster, OwnBroker
 from tests.consumer_support import (
     RawProducer,
@@ -68,7 +69,7 @@ class Process:
 
     def start(self) -> Process:
         self.port = free_port()
-        argv = [sys.executable, "-m", "gateway.cli", self.name, "--config", str(self.config)]
+        argv = [sys.executable, "-m", "deploy.cli", self.name, "--config", str(self.config)]
         argv += ["--metrics-port", str(self.port)]
         if self.name != "fanout":
             argv += ["--instance-id", "0"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
-from gateway import demo_secrets
+from deploy import demo_secrets
 
 WANTED = {"JIKO_WEBHOOK_SECRET": "token", "DEMO_RECEIVER_SECRET": "whsec"}
 

@@ -156,8 +156,8 @@ def test_make_secrets_gives_every_secret_a_fresh_value_the_config_accepts() -> N
     import subprocess
     import sys
 
-    from gateway.config import load
     from gateway.sources import build_verifiers
+    from schemas.config import load
 
     def generate(kind: str) -> dict[str, str]:
         out = subprocess.run(
@@ -179,7 +179,7 @@ def test_make_secrets_gives_every_secret_a_fresh_value_the_config_accepts() -> N
 
 
 def test_compose_config_parses_and_points_at_compose_services() -> None:
-    from gateway.config import load
+    from schemas.config import load
 
     settings = load(COMPOSE_CONFIG, env=dummy_env(COMPOSE_CONFIG))
     demo = load(DEMO_CONFIG, env=dummy_env(DEMO_CONFIG))

@@ -93,7 +93,10 @@ def test_builder_copies_exist_and_pass_dockerignore(instructions: list[Instructi
         for source in sources:
             if "[" in source:  # optional file via glob, e.g. requirements.loc[k]
                 continue
-            assert (ROOT / source).exists(), f"COPY {source}: not in the repo"
+            if "*" in source:  # a glob of files, e.g. deploy/*.py
+                assert list(ROOT.glob(source)), f"COPY {source}: matches nothing in the repo"
+            else:
+                assert (ROOT / source).exists(), f"COPY {source}: not in the repo"
             assert source in allowed, f"COPY {source}: excluded by .dockerignore"
 
 

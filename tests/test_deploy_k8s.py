@@ -165,8 +165,8 @@ def test_kafkatopics_cover_the_demo_providers_but_not_the_demo_receiver() -> Non
     # Production gets every provider topic the demo has; the demo's HTTP receiver
     # does not exist in a cluster, so its DLQ must not either (k8s config ships it
     # commented out).
-    from gateway.config import load
-    from gateway.topics import implied_topics
+    from schemas.config import load
+    from schemas.topics import implied_topics
 
     names = {t["spec"]["topicName"] for t in load_yaml_docs(STRIMZI_DIR / "kafkatopics.yaml")}
     demo = {spec.name for spec in implied_topics(load(DEMO_CONFIG, env=dummy_env(DEMO_CONFIG)))}
@@ -176,8 +176,8 @@ def test_kafkatopics_cover_the_demo_providers_but_not_the_demo_receiver() -> Non
 
 def test_kafkatopics_match_the_k8s_config_exactly() -> None:
     # `webhook-bridge topics` (the Job) refuses topics whose partitions differ.
-    from gateway.config import load
-    from gateway.topics import implied_topics
+    from schemas.config import load
+    from schemas.topics import implied_topics
 
     expected = {
         spec.name: (spec.partitions, spec.replication_factor, spec.config)
@@ -215,7 +215,7 @@ def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
 
 
 def test_k8s_config_parses_and_listens_on_the_container_ports() -> None:
-    from gateway.config import load
+    from schemas.config import load
 
     settings = load(K8S_CONFIG, env=dummy_env(K8S_CONFIG))
     assert settings.gateway.host == "0.0.0.0"
@@ -263,7 +263,7 @@ def test_every_workload_is_hardened_and_gets_config_and_secrets() -> None:
 
 
 def test_gateway_drains_before_it_is_killed() -> None:
-    from gateway.config import load
+    from schemas.config import load
 
     settings = load(K8S_CONFIG, env=dummy_env(K8S_CONFIG))
     deployment = named("Deployment", "webhook-bridge-gateway")

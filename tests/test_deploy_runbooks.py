@@ -2,7 +2,7 @@
 accepts.
 
 An on-call engineer pastes a runbook's `webhook-bridge ...` line as it is. Each one quoted
-in backticks in an alert's section is parsed by the parser `gateway.cli` builds, with every
+in backticks in an alert's section is parsed by the parser `deploy.cli` builds, with every
 ``<X>`` placeholder replaced by each value the code gives the alert's label X under the
 shipped deploy configs
 (`label_domains()`), so a wrong option, a missing argument or a renamed command fails CI.
@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.cli import build_parser
-from gateway.config import Settings, load
+from deploy.cli import build_parser
+from schemas.config import Settings, load
 from tests.deploy_support import (
     COMPOSE_CONFIG,
     COMPOSE_FILE,
@@ -111,7 +111,7 @@ def fill(command: str, values: Mapping[str, str]) -> str:
 
 
 def parse(command: str) -> argparse.Namespace:
-    """`command` through the CLI's own parser, as `gateway.cli.main` does, without running it."""
+    """`command` through the CLI's own parser, as `deploy.cli.main` does, without running it."""
     argv = shlex.split(command)
     assert argv[0] == "webhook-bridge", command
     argv = argv[1:]
@@ -149,7 +149,7 @@ def test_runbooks_quote_commands() -> None:
 
 def test_runbooks_quote_every_webhook_bridge_command() -> None:
     """A command written without backticks would not be checked: quote them all."""
-    from gateway.cli import COMMANDS
+    from deploy.cli import COMMANDS
 
     bare = re.compile(rf"webhook-bridge ({'|'.join(map(re.escape, COMMANDS))})\b")
     sections = runbook_sections()

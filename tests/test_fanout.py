@@ -8,7 +8,8 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from consumers.replay import ReplayRange, replay
-from gateway.topics import TopicSpec, ensure_topics, implied_topics, names
+from deploy.topics import ensure_topics
+from schemas.topics import TopicSpec, implied_topics, names
 from tests.conftest import KafkaCluster
 from tests.receiver_support import (
     SECRET,

@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from consumers.fanout.runner import group_id
-from gateway.topics import ensure_topics, implied_topics, names
+from deploy.topics import ensure_topics
+from schemas.topics import implied_topics, names
 from tests.conftest import KafkaCluster
 from tests.receiver_support import (
     SECRET,
@@ -71,7 +72,7 @@ def start(config: Path, log: Path) -> subprocess.Popen[bytes]:
             [
                 sys.executable,
                 "-m",
-                "gateway.cli",
+                "deploy.cli",
                 "fanout",
                 "--config",
                 str(config),

@@ -17,8 +17,8 @@ from consumers.fanout.policy import (
     retry_delay_s,
 )
 from consumers.fanout.tracker import OffsetTracker, PartitionTracker
-from gateway.config import RetrySettings, SinkSettings
-from gateway.errors import ConfigError
+from schemas.config import RetrySettings, SinkSettings
+from schemas.errors import ConfigError
 
 RETRY = RetrySettings(max_attempts=5, initial_backoff_s=0.5, max_backoff_s=4.0, max_elapsed_s=10.0)
 

@@ -10,14 +10,15 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
+from deploy.samples import sample_body
+from deploy.topics import ensure_topics
 from gateway.app import create_app
-from gateway.config import Settings
-from gateway.samples import sample_body
 from gateway.sources import verify_context
-from gateway.topics import ensure_topics, implied_topics, names
 from gateway.verify import sign_request
+from schemas.config import Settings
 from schemas.records import header_value
 from schemas.serde import EnvelopeDeserializer
+from schemas.topics import implied_topics, names
 from tests.conftest import KafkaCluster
 from tests.support import gateway_toml, read_topic, serve, settings_from_toml
 
@@ -251,7 +252,7 @@ def test_send_command_posts_a_signed_webhook(
     tmp_path: pytest.TempPathFactory,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from gateway.cli import main
+    from deploy.cli import main
     from tests.support import DEMO_ENV, write_file
 
     for key, value in DEMO_ENV.items():
@@ -278,7 +279,7 @@ def test_send_to_a_header_typed_scheme_needs_no_event_option(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """GitHub carries the event type in X-GitHub-Event: `send` must set one by default."""
-    from gateway.cli import main
+    from deploy.cli import main
     from tests.support import DEMO_ENV, write_file
 
     for key, value in DEMO_ENV.items():

@@ -11,12 +11,13 @@ import pytest
 from prometheus_client import CollectorRegistry
 from starlette.testclient import TestClient
 
+from deploy.topics import ensure_topics
 from gateway.app import create_app
-from gateway.errors import VerificationError
-from gateway.topics import ensure_topics, implied_topics, names
 from gateway.verify.base import BuildContext, InboundRequest, VerifiedRequest
 from schemas.envelope import Envelope
+from schemas.errors import VerificationError
 from schemas.serde import EnvelopeSerializer
+from schemas.topics import implied_topics, names
 from tests.conftest import KafkaCluster
 from tests.support import gateway_toml, read_topic, settings_from_toml
 

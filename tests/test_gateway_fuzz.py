@@ -11,9 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
+from deploy.topics import ensure_topics
 from gateway.app import create_app
-from gateway.config import Settings
-from gateway.topics import ensure_topics, implied_topics
+from schemas.config import Settings
+from schemas.topics import implied_topics
 from tests.conftest import KafkaCluster
 from tests.support import gateway_toml, read_topic, settings_from_toml
 

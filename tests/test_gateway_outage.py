@@ -27,11 +27,12 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from deploy.samples import sample_body
+from deploy.topics import ensure_topics
 from gateway.app import create_app
-from gateway.samples import sample_body
 from gateway.sources import verify_context
-from gateway.topics import ensure_topics, implied_topics, names
 from gateway.verify import sign_request
+from schemas.topics import implied_topics, names
 from tests.conftest import OwnBroker
 from tests.support import captured_logs, gateway_toml, read_topic, serve, settings_from_toml
 

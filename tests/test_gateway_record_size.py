@@ -1,7 +1,7 @@
 """Bodies near the size limit, end to end: real uvicorn, real Kafka.
 
 A body the gateway accepts as small enough must fit every Kafka limit on its way
-(gateway/sizes.py); a record the broker refuses as too large anyway (a topic lowered
+(schemas/sizes.py); a record the broker refuses as too large anyway (a topic lowered
 behind the bridge's back) is answered 413 alone: no other request fails with it, and
 the producer is never rebuilt for it.
 """
@@ -23,12 +23,13 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
     ResourceType,
 )
 
+from deploy.topics import ensure_topics
 from gateway.app import create_app
-from gateway.config import Settings
 from gateway.sources import verify_context
-from gateway.topics import ensure_topics, implied_topics, names
 from gateway.verify import sign_request
+from schemas.config import Settings
 from schemas.serde import EnvelopeDeserializer
+from schemas.topics import implied_topics, names
 from tests.conftest import KafkaCluster
 from tests.support import read_topic, serve, settings_from_toml
 from tests.test_gateway_e2e import padded_body

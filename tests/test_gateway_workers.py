@@ -14,11 +14,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.broker import free_port
-from gateway.samples import sample_body
+from deploy.broker import free_port
+from deploy.samples import sample_body
+from deploy.topics import ensure_topics
 from gateway.sources import verify_context
-from gateway.topics import ensure_topics, implied_topics, names
 from gateway.verify import sign_request
+from schemas.topics import implied_topics, names
 from tests.conftest import KafkaCluster
 from tests.support import DEMO_ENV, gateway_toml, read_topic, settings_from_toml, wait_until_ok
 
@@ -56,7 +57,7 @@ def test_two_workers_serve_one_port_and_their_counters_add_up(
     metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()
     process = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "gateway", "--config", str(config)],
+        [sys.executable, "-m", "deploy.cli", "gateway", "--config", str(config)],
         env={
             **os.environ,
             **DEMO_ENV,

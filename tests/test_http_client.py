@@ -19,7 +19,7 @@ from consumers.sinks.http_client import (
     RequestTimeout,
     Response,
 )
-from gateway.broker import free_port
+from deploy.broker import free_port
 
 BIG = 3 * 1024 * 1024
 

@@ -28,12 +28,13 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from consumers.fanout.runner import group_id
 from consumers.sinks import DeliveryResult, Event, SinkContext, build_sink
 from consumers.sinks.kafka import KafkaSink, TransactionAborted
-from gateway import config
-from gateway.config import Settings
-from gateway.topics import TopicSpec, ensure_topics, implied_topics, names
+from deploy.topics import ensure_topics
+from schemas import config
+from schemas.config import Settings
 from schemas.envelope import Envelope
 from schemas.records import ce_headers
 from schemas.serde import EnvelopeSerializer
+from schemas.topics import TopicSpec, implied_topics, names
 from tests.conftest import KafkaCluster
 from tests.receiver_support import (
     SECRET,
@@ -144,7 +145,7 @@ def test_record_over_message_max_bytes_is_rejected_at_once(
     prefix = unique_name("kse")
     out = f"out-{prefix}"
     # The config refuses a message.max.bytes below the largest envelope its sources can
-    # make (gateway.sizes): a source limited to 1,000 bytes needs about 57 kB.
+    # make (schemas.sizes): a source limited to 1,000 bytes needs about 57 kB.
     raw: dict[str, Any] = raw_config(
         kafka.bootstrap, prefix, {"k": {"type": "kafka", "topic": out}}
     )

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, Producer
 
-from gateway.logs import KafkaClientLog, Throttle
+from schemas.logs import KafkaClientLog, Throttle
 from tests.support import LogRecords, captured_logs
 
 REFUSED = (

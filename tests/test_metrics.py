@@ -14,8 +14,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
+from deploy.samples import sample_body
 from gateway.app import create_app
-from gateway.config import load
 from gateway.metrics import (
     LATENCY_BUCKETS,
     NEAR_DEADLINE,
@@ -25,9 +25,9 @@ from gateway.metrics import (
 )
 from gateway.normalize import FIELDS
 from gateway.publisher import Publisher
-from gateway.samples import sample_body
 from gateway.sources import verify_context
 from gateway.verify import justwallet, sign_request
+from schemas.config import load
 from schemas.serde import EnvelopeDeserializer
 from tests.deploy_support import COMPOSE_CONFIG, DEMO_CONFIG, K8S_CONFIG, alert_rules, dummy_env
 from tests.support import gateway_toml, settings_from_toml

@@ -22,12 +22,13 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.broker import free_port
-from gateway.config import Settings, load
-from gateway.samples import sample_body
+from deploy.broker import free_port
+from deploy.samples import sample_body
+from deploy.topics import ensure_topics
 from gateway.sources import verify_context
-from gateway.topics import ensure_topics, implied_topics
 from gateway.verify import sign_request
+from schemas.config import Settings, load
+from schemas.topics import implied_topics
 from tests.conftest import KafkaCluster
 from tests.deploy_support import (
     ALERTS_FILE,
@@ -87,7 +88,7 @@ def running(
     env = {**os.environ, **DEMO_ENV, "PYTHONPATH": str(REPO)}
     children = [
         subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", name, "--config", str(path)],
+            [sys.executable, "-m", "deploy.cli", name, "--config", str(path)],
             env=env,
             cwd=REPO,
             stdout=subprocess.DEVNULL,

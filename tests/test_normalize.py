@@ -9,7 +9,6 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from gateway.normalize import body_hash, normalize, parse_time
-from gateway.sizes import BATCH_HEADER, PER_HEADER, RECORD_FIELDS, STAGE_HEADERS, record_limits
 from gateway.verify.base import InboundRequest, VerifiedRequest
 from schemas.envelope import (
     HEADER_ALLOW_LIST,
@@ -22,6 +21,7 @@ from schemas.envelope import (
 )
 from schemas.records import ce_headers
 from schemas.serde import EnvelopeDeserializer, EnvelopeSerializer
+from schemas.sizes import BATCH_HEADER, PER_HEADER, RECORD_FIELDS, STAGE_HEADERS, record_limits
 from tests.support import gateway_toml, settings_from_toml
 
 SETTINGS = settings_from_toml(

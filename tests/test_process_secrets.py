@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.topics import TopicNames
+from schemas.topics import TopicNames
 from tests.conftest import KafkaCluster
 from tests.consumer_support import (
     BASE_US,
@@ -90,7 +90,7 @@ def test_stages_and_fanout_run_without_provider_secrets(
     log = tmp_path / "fanout.log"
     with log.open("ab") as out:
         fanout = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "fanout", "--config", str(cfg), *PORT_0],
+            [sys.executable, "-m", "deploy.cli", "fanout", "--config", str(cfg), *PORT_0],
             cwd=REPO,
             env={**os.environ, "PYTHONPATH": str(REPO)},
             stdout=out,
@@ -136,7 +136,7 @@ def test_the_gateway_refuses_to_start_without_its_secrets(
         monkeypatch.delenv(name, raising=False)
     cfg = _config(tmp_path, "127.0.0.1:9", "nosecret")
     result = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "gateway", "--config", str(cfg)],
+        [sys.executable, "-m", "deploy.cli", "gateway", "--config", str(cfg)],
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},
         capture_output=True,

@@ -16,13 +16,14 @@ import httpx
 import pytest
 from confluent_kafka.admin import AdminClient
 
+from deploy.samples import sample_body
+from deploy.topics import ensure_topics
 from gateway.app import create_app
-from gateway.config import Settings
 from gateway.publisher import PRODUCER_DEFAULTS, Publisher, delivery_reason
-from gateway.samples import sample_body
 from gateway.sources import verify_context
-from gateway.topics import ensure_topics, implied_topics, names
 from gateway.verify import sign_request
+from schemas.config import Settings
+from schemas.topics import implied_topics, names
 from tests.conftest import KafkaCluster, OwnBroker
 from tests.support import captured_logs, gateway_toml, serve, settings_from_toml
 from tests.test_gateway_outage import readyz, scrape, value

@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 
 from consumers.sinks import Event, SinkContext, build_sink
-from gateway import config
-from gateway.cli import build_parser
-from gateway.errors import VerificationError
+from deploy.cli import build_parser
 from gateway.sources import build_verifiers
 from gateway.verify.base import InboundRequest
+from schemas import config
+from schemas.errors import VerificationError
 from tests.receiver_support import envelope
 from tests.support import DEMO_ENV, settings_from_toml
 

@@ -11,9 +11,10 @@ from datetime import UTC, datetime
 import pytest
 
 from consumers.replay import ReplayRange, parse_time, range_from_args, replay
-from gateway.cli import build_parser
-from gateway.errors import ConfigError
-from gateway.topics import TopicSpec, ensure_topics, names
+from deploy.cli import build_parser
+from deploy.topics import ensure_topics
+from schemas.errors import ConfigError
+from schemas.topics import TopicSpec, names
 from tests.conftest import KafkaCluster
 from tests.receiver_support import (
     SECRET,

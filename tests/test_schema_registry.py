@@ -40,11 +40,11 @@ import httpx
 import pytest
 from fastavro.schema import to_parsing_canonical_form
 
-from gateway import schema_registry as registry_module
+from deploy import schema_registry as registry_module
+from deploy.schema_registry import RegistryError, SchemaRegistry
+from deploy.topics import ensure_topics
 from gateway.app import create_app
-from gateway.config import Settings
-from gateway.schema_registry import RegistryError, SchemaRegistry
-from gateway.topics import TopicNames, TopicSpec, ensure_topics, implied_topics
+from schemas.config import Settings
 from schemas.envelope import Envelope, Verification
 from schemas.serde import (
     SO_MAGIC,
@@ -52,6 +52,7 @@ from schemas.serde import (
     EnvelopeSerializer,
     envelope_schema_text,
 )
+from schemas.topics import TopicNames, TopicSpec, implied_topics
 from tests.conftest import KafkaCluster
 from tests.consumer_support import REPO, Record, read_topic
 from tests.registry_fixture import RegistryServer, schema_registry
@@ -128,7 +129,7 @@ topic = "{prefix}.out"
 
 
 class Processes:
-    """`python -m gateway.cli ...` children; every one is killed at the end."""
+    """`python -m deploy.cli ...` children; every one is killed at the end."""
 
     def __init__(self, tmp_path: Path) -> None:
         self.tmp_path = tmp_path
@@ -137,7 +138,7 @@ class Processes:
     def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
         log = open(self.tmp_path / f"{name}.log", "ab")  # noqa: SIM115 - kept by the child
         proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", *args],
+            [sys.executable, "-m", "deploy.cli", *args],
             cwd=str(self.tmp_path),
             env={**os.environ, "PYTHONPATH": str(REPO)},
             stdout=log,
@@ -360,7 +361,7 @@ def test_a_refused_envelope_stops_the_gateway_at_start_with_one_line(
     port = free_port()
     started = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "gateway", "--config", str(cfg), "--port", str(port)],
+        [sys.executable, "-m", "deploy.cli", "gateway", "--config", str(cfg), "--port", str(port)],
         cwd=str(tmp_path),
         env={**os.environ, "PYTHONPATH": str(REPO)},
         capture_output=True,
@@ -388,7 +389,7 @@ def test_an_unreachable_registry_stops_the_gateway_at_start_with_one_line(
     closed = f"http://127.0.0.1:{free_port()}/apis/ccompat/v7"
     cfg.write_text(bridge_toml("127.0.0.1:1", "unreachable", closed), encoding="utf-8")
     done = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "gateway", "--config", str(cfg), "--port", "0"],
+        [sys.executable, "-m", "deploy.cli", "gateway", "--config", str(cfg), "--port", "0"],
         cwd=str(tmp_path),
         env={**os.environ, "PYTHONPATH": str(REPO)},
         capture_output=True,
@@ -486,7 +487,7 @@ def test_a_killed_owner_leaves_no_registry_behind(
         pytest.skip("an existing registry (SCHEMA_REGISTRY_URL) is not started here")
     script = (
         "import time\n"
-        "from gateway.schema_registry import SchemaRegistry\n"
+        "from deploy.schema_registry import SchemaRegistry\n"
         "r = SchemaRegistry()\n"
         "r.start()\n"
         "print(r.pid, flush=True)\n"

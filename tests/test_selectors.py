@@ -4,9 +4,9 @@ from typing import Any
 
 import pytest
 
-from gateway.errors import ConfigError
-from gateway.selectors import parse_selector
 from gateway.verify.base import InboundRequest, VerifiedRequest
+from schemas.errors import ConfigError
+from schemas.selectors import parse_selector
 
 VERIFIED = VerifiedRequest(
     request=InboundRequest({"x-github-delivery": "d-1"}, b""),

@@ -22,9 +22,9 @@ from consumers.sinks import (
 )
 from consumers.sinks.http import HttpSink
 from consumers.sinks.kafka import render_topic, sanitise_topic
-from gateway import config
-from gateway.config import RetrySettings, SinkSettings
-from gateway.errors import ConfigError
+from schemas import config
+from schemas.config import RetrySettings, SinkSettings
+from schemas.errors import ConfigError
 from tests.receiver_support import (
     SECRET,
     SECRET_ENV,

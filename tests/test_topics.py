@@ -7,15 +7,9 @@ from typing import Any
 
 import pytest
 
-from gateway.cli import main as cli_main
-from gateway.topics import (
-    TopicError,
-    TopicSpec,
-    create_and_check_topics,
-    ensure_topics,
-    implied_topics,
-    names,
-)
+from deploy.cli import main as cli_main
+from deploy.topics import TopicError, create_and_check_topics, ensure_topics
+from schemas.topics import TopicSpec, implied_topics, names
 from tests.conftest import KafkaCluster
 from tests.support import DEMO_ENV, gateway_toml, settings_from_toml
 
@@ -47,7 +41,7 @@ def _create(kafka: KafkaCluster, name: str, partitions: int, config: dict[str, s
 
 
 def _described(kafka: KafkaCluster, topics: list[str]) -> dict[str, dict[str, str]]:
-    """Topic configs as the broker reports them, asked independently of gateway.topics."""
+    """Topic configs as the broker reports them, asked independently of deploy.topics."""
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import (  # type: ignore[attr-defined]
         AdminClient,

@@ -20,11 +20,11 @@ from types import TracebackType
 import httpx
 import pytest
 
-from gateway import config as config_module
-from gateway import demo_secrets
-from gateway.broker import free_port, port_in_use
-from gateway.send import prepare
+from deploy import demo_secrets
+from deploy.broker import free_port, port_in_use
+from deploy.send import prepare
 from gateway.sources import verify_context
+from schemas import config as config_module
 from tests.receiver_support import ScriptedReceiver
 from tests.support import DEMO_ENV
 
@@ -67,7 +67,7 @@ class Up:
     ) -> None:
         self.lines: list[str] = []
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "up", "--config", str(config), *args],
+            [sys.executable, "-m", "deploy.cli", "up", "--config", str(config), *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -271,7 +271,7 @@ def test_up_starts_everything_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         assert "whsec_" not in up.output and "demo_" not in up.output.replace("demo_rec", "")
         # `send` in a second terminal, no secret exported: it reads the state file.
         sent = subprocess.run(
-            [sys.executable, "-m", "gateway.cli", "send", "jiko", "--config", str(config)],
+            [sys.executable, "-m", "deploy.cli", "send", "jiko", "--config", str(config)],
             capture_output=True,
             text=True,
             cwd=tmp_path,
@@ -296,7 +296,7 @@ def test_up_refuses_a_broker_address_held_by_something_else(tmp_path: Path) -> N
         squatter.bind(("127.0.0.1", ports["broker"]))
         squatter.listen()
         done = subprocess.run(
-            [sys.executable, "-m", "gateway.cli", "up", "--config", str(config)],
+            [sys.executable, "-m", "deploy.cli", "up", "--config", str(config)],
             capture_output=True,
             text=True,
             cwd=tmp_path,
@@ -316,7 +316,7 @@ def test_up_validates_the_config_like_check_config_before_starting_anything(
 ) -> None:
     config, ports = demo_config_on_free_ports(tmp_path, 'timeout_s = "soon"\n')
     done = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "up", "--config", str(config)],
+        [sys.executable, "-m", "deploy.cli", "up", "--config", str(config)],
         capture_output=True,
         text=True,
         cwd=tmp_path,
@@ -513,7 +513,7 @@ def test_up_restarts_a_killed_apache_kafka_and_loses_nothing_answered_200(
 def test_up_restarts_a_killed_embedded_broker_and_says_what_was_lost(tmp_path: Path) -> None:
     """The memory-only broker comes back empty: `up` says so, re-creates every topic,
     restarts the Kafka clients, and new events flow again."""
-    from gateway.topics import implied_topics
+    from schemas.topics import implied_topics
 
     config, _ = demo_config_on_free_ports(tmp_path)
     with Up(config, tmp_path, "--broker", "embedded") as up:
@@ -568,7 +568,7 @@ def test_up_restarts_a_stalled_process_whose_healthz_fails(tmp_path: Path) -> No
 def test_demo_receiver_option_is_validated_with_the_http_sink() -> None:
     from consumers.sinks.http import demo_receiver_port
     from consumers.sinks.registry import validate_sink
-    from gateway.errors import ConfigError
+    from schemas.errors import ConfigError
     from tests.support import settings_from_toml
 
     def sink(options: str) -> config_module.SinkSettings:
@@ -600,7 +600,7 @@ def test_apache_kafka_cluster_ids_never_look_like_an_option() -> None:
     with '-' made kafka-storage fail (about 1 start in 64)."""
     import base64
 
-    from gateway.apache_kafka import _cluster_id
+    from deploy.apache_kafka import _cluster_id
 
     for _ in range(3000):
         cluster_id = _cluster_id()

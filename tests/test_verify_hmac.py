@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from gateway.errors import ConfigError
 from gateway.verify import build_verifier, sign_request
+from schemas.errors import ConfigError
 from tests.verify_vectors import NOW, TS, hmac_digest, make_ctx, req, run_case
 
 SECRET = "declarative-secret"

@@ -14,9 +14,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-from gateway.errors import ConfigError
 from gateway.verify import build_verifier, sign_request
 from gateway.verify.base import BuildContext
+from schemas.errors import ConfigError
 from tests.verify_vectors import (
     NOW,
     assert_rejected,

@@ -24,10 +24,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
-from gateway.errors import ConfigError, VerificationError
 from gateway.verify import build_verifier, keys
 from gateway.verify.base import Verifier
 from gateway.verify.jpmorgan import JPMorganVerifier
+from schemas.errors import ConfigError, VerificationError
 from tests.verify_vectors import NOW, make_ctx, req, write_jwks
 
 ISSUER, AUDIENCE = "https://idp.example/", "webhook-bridge"

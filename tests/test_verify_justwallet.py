@@ -13,15 +13,15 @@ from typing import Any
 
 import pytest
 
-from gateway.config import SourceSettings
-from gateway.errors import BridgeError, ConfigError
-from gateway.samples import sample_body
-from gateway.send import prepare
+from deploy.samples import sample_body
+from deploy.send import prepare
 from gateway.sources import verify_context
 from gateway.verify import build_verifier, sign_request
 from gateway.verify.base import BuildContext
 from gateway.verify.justwallet import MODES
 from gateway.verify.reserialize import WRITERS, parse
+from schemas.config import SourceSettings
+from schemas.errors import BridgeError, ConfigError
 from tests.support import settings_from_toml
 from tests.verify_vectors import assert_rejected, hmac_hex, make_ctx, req, verify
 

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.errors import ConfigError, VerificationError
 from gateway.verify import SCHEMES, SIGNERS, build_verifier, sign_request
 from gateway.verify.base import REASONS, BuildContext, InboundRequest, VerifiedRequest, Verifier
+from schemas.errors import ConfigError, VerificationError
 from tests.verify_vectors import NOW, ec_key, make_ctx, req, write_jwks, write_pem_public
 
 BUILT_IN = {"jiko", "justwallet", "jpmorgan", "fintoc", "standard-webhooks", "stripe", "github",
@@ -83,7 +83,7 @@ def test_plugin_by_module_path() -> None:
         del sys.modules[module.__name__]
 
 
-@pytest.mark.parametrize("scheme", ["no_such_module_xyz:Thing", "gateway.errors:Nope", ":x"])
+@pytest.mark.parametrize("scheme", ["no_such_module_xyz:Thing", "schemas.errors:Nope", ":x"])
 def test_plugin_import_errors(scheme: str) -> None:
     with pytest.raises(ConfigError) as info:
         build_verifier(scheme, make_ctx())

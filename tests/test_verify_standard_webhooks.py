@@ -9,8 +9,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from gateway.errors import ConfigError
 from gateway.verify import build_verifier, sign_request
+from schemas.errors import ConfigError
 from tests.verify_vectors import (
     NOW,
     TS,

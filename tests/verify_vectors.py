@@ -19,9 +19,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from gateway.errors import VerificationError
 from gateway.verify import build_verifier
 from gateway.verify.base import BuildContext, InboundRequest, Secret, VerifiedRequest
+from schemas.errors import VerificationError
 
 NOW = 1_700_000_000.0
 TS = str(int(NOW))

@@ -20,8 +20,8 @@ from typing import Any
 from consumers.fanout.metrics import FanoutMetrics
 from consumers.fanout.policy import Breaker, Budget, retry_delay_s
 from consumers.sinks.base import DeliveryResult, Event, Sink, SinkError
-from gateway import logs
-from gateway.config import RetrySettings
+from schemas import logs
+from schemas.config import RetrySettings
 from schemas.records import KafkaHeaders, dlq_headers
 
 

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from consumers.sinks.base import COMMON_OPTIONS, int_option
-from gateway.config import RetrySettings, SinkSettings
-from gateway.verify.common import Options
+from schemas.config import RetrySettings, SinkSettings
+from schemas.options import Options
 
 
 @dataclass(frozen=True)

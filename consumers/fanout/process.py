@@ -20,13 +20,13 @@ from collections.abc import Mapping, Sequence
 
 from consumers.fanout.metrics import FanoutMetrics
 from consumers.ops import Health, OpsServer
-from gateway import logs
-from gateway.config import Settings
-from gateway.errors import ConfigError
+from schemas import logs
+from schemas.config import Settings
+from schemas.errors import ConfigError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from gateway.cli import add_config_argument
+    from schemas.config import add_config_argument
 
     add_config_argument(parser)
     parser.add_argument(
@@ -77,7 +77,7 @@ class Fanout:
         from consumers.fanout.runner import SinkRunner, group_id, source_topics
         from consumers.runtime.watch import BrokerWatch, GroupLag
         from consumers.sinks import SinkContext, build_sink, validate_sink
-        from gateway.metrics import broker_reachable_gauge
+        from schemas.process import broker_reachable_gauge
 
         env = dict(os.environ) if env is None else dict(env)
         for name in sinks:
@@ -153,7 +153,7 @@ class Fanout:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gateway import config
+    from schemas import config
 
     settings = config.load(args.config)
     logs.setup(settings.bridge.log_level, settings.bridge.log_format, process="fanout")

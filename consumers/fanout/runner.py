@@ -45,11 +45,11 @@ from consumers.fanout.policy import Breaker, Route, RunnerOptions
 from consumers.fanout.tracker import OffsetTracker, PartitionTracker
 from consumers.ops import Health
 from consumers.sinks.base import Event, Sink
-from gateway import logs
-from gateway.config import Settings, SinkSettings
-from gateway.topics import names
+from schemas import logs
+from schemas.config import Settings, SinkSettings
 from schemas.records import KafkaHeaders, header_value, is_late, source_of
 from schemas.serde import EnvelopeDeserializer, SerdeError
+from schemas.topics import names
 
 PAUSE_AFTER_S = 1.0  # full that long: pause the partitions and keep polling
 

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from gateway.errors import BridgeError
 from schemas.envelope import Envelope
+from schemas.errors import BridgeError
 from schemas.records import source_of
 from schemas.serde import SerdeError
 

@@ -21,8 +21,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from gateway import logs
-from gateway.errors import BridgeError
+from schemas import logs
+from schemas.errors import BridgeError
 
 BARRIER_PREFIX = b"\x00barrier:"
 

@@ -59,8 +59,8 @@ from typing import Any, Protocol
 from consumers.metrics import StageMetrics
 from consumers.ops import Health
 from consumers.runtime.changelog import ApplyFn, ChangelogReader, TopicPartitionKey
-from gateway import logs
-from gateway.errors import BridgeError
+from schemas import logs
+from schemas.errors import BridgeError
 from schemas.records import quarantine_headers
 
 TXN_TIMEOUT_S = 30.0  # half of librdkafka's default transaction.timeout.ms

@@ -13,7 +13,7 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
-from gateway.cli import add_config_argument
+from schemas.config import add_config_argument
 
 # librdkafka defaults that the config may override, for every consumer process.
 # Short session timeouts rather than static membership (group.instance.id): a member
@@ -58,10 +58,10 @@ def run_stage(args: argparse.Namespace, stage: str, build: Callable[[Any, str, A
     from consumers.ops import Health, OpsServer
     from consumers.runtime.loop import LoopSettings, StageLoop, call_timeout_s
     from consumers.runtime.watch import BrokerWatch, GroupLag
-    from gateway import config as config_module
-    from gateway import logs
-    from gateway.metrics import broker_reachable_gauge
-    from gateway.topics import names
+    from schemas import config as config_module
+    from schemas import logs
+    from schemas.process import broker_reachable_gauge
+    from schemas.topics import names
 
     settings = config_module.load(args.config)
     logs.setup(settings.bridge.log_level, settings.bridge.log_format, process=stage)

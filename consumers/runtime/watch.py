@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gateway import logs
+from schemas import logs
 
 WATCH_INTERVAL_S = 2.0
 

@@ -14,10 +14,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from gateway.config import Settings, SinkSettings
-from gateway.errors import BridgeError
-from gateway.verify.common import Options
+from schemas.config import Settings, SinkSettings
 from schemas.envelope import Envelope
+from schemas.errors import BridgeError
+from schemas.options import Options
 from schemas.records import KafkaHeaders
 
 # Options every sink accepts; the runner reads them, the sink class never sees them.

@@ -27,9 +27,9 @@ from consumers.fanout.policy import parse_retry_after
 from consumers.sinks import signing
 from consumers.sinks.base import DeliveryResult, Event, Sink, SinkContext, int_option
 from consumers.sinks.http_client import HttpClient, HttpError, RequestTimeout
-from gateway.config import SinkSettings, url_problem
-from gateway.verify.common import Options
+from schemas.config import SinkSettings, url_problem
 from schemas.envelope import micros_to_iso
+from schemas.options import Options
 
 RETRYABLE_STATUS = frozenset({408, 429})
 DEMO_HOSTS = ("127.0.0.1", "localhost")

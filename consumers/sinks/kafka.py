@@ -70,9 +70,9 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 
 from consumers.runtime.loop import ProducerStuck, bounded_call
 from consumers.sinks.base import DeliveryResult, Event, Sink, SinkContext, SinkError
-from gateway import logs
-from gateway.config import SinkSettings
-from gateway.verify.common import Options
+from schemas import logs
+from schemas.config import SinkSettings
+from schemas.options import Options
 
 DEFAULT_TEMPLATE = "internal.{provider}.{event_type}"
 TEMPLATE_FIELDS = ("provider", "event_type", "source", "sink")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from consumers.sinks.base import DeliveryResult, Event, Sink
-from gateway import logs
+from schemas import logs
 from schemas.envelope import micros_to_iso
 
 

@@ -6,8 +6,8 @@ import importlib
 from collections.abc import Mapping
 
 from consumers.sinks.base import Sink, SinkContext
-from gateway.config import SinkSettings
-from gateway.errors import ConfigError
+from schemas.config import SinkSettings
+from schemas.errors import ConfigError
 
 SINK_TYPES: dict[str, str] = {
     "http": "consumers.sinks.http:HttpSink",

@@ -14,10 +14,10 @@ import importlib
 from collections.abc import Mapping
 from typing import Any
 
-from gateway.errors import ConfigError
 from gateway.verify import hmac_scheme, jpmorgan, justwallet, standard_webhooks, unverified
 from gateway.verify.base import BuildContext, Verifier, VerifierFactory
 from gateway.verify.common import Signer, SignerFactory
+from schemas.errors import ConfigError
 
 __all__ = [
     "SCHEMES",

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from gateway.errors import VerificationError
+from schemas.errors import VerificationError
 
 __all__ = [
     "REASONS",

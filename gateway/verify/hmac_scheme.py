@@ -32,7 +32,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 
-from gateway.errors import VerificationError
 from gateway.verify.base import BuildContext, InboundRequest, VerifiedRequest
 from gateway.verify.common import (
     MAX_HEADER_CHARS,
@@ -44,6 +43,7 @@ from gateway.verify.common import (
     require_secrets,
 )
 from gateway.verify.hmac_spec import HmacSpec, hmac_keys, parse_spec, render
+from schemas.errors import VerificationError
 
 
 @dataclass(frozen=True, slots=True)

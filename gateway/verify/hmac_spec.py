@@ -11,9 +11,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.errors import ConfigError
 from gateway.verify.base import Secret
-from gateway.verify.common import Options, decode_b64
+from gateway.verify.common import decode_b64
+from schemas.errors import ConfigError
+from schemas.options import Options
 
 OPTIONS = (
     "header", "format", "prefix", "kv_separator", "signature_key", "timestamp_key", "version",

@@ -32,11 +32,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
-from gateway.errors import VerificationError
 from gateway.verify import keys
 from gateway.verify.base import BuildContext, InboundRequest, VerifiedRequest
-from gateway.verify.common import MAX_HEADER_CHARS, Options, decode_b64, decode_hex
+from gateway.verify.common import MAX_HEADER_CHARS, decode_b64, decode_hex
 from gateway.verify.jpmorgan_jwt import BearerJwt, build_jwt
+from schemas.errors import VerificationError
+from schemas.options import Options
 
 SCHEME = "jpmorgan"
 OPTIONS = ("methods", "static_headers", "jwt", "signature")

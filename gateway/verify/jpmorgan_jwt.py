@@ -14,10 +14,11 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from gateway.errors import VerificationError
 from gateway.verify import keys
 from gateway.verify.base import InboundRequest
-from gateway.verify.common import MAX_HEADER_CHARS, Options
+from gateway.verify.common import MAX_HEADER_CHARS
+from schemas.errors import VerificationError
+from schemas.options import Options
 
 ALGORITHMS = (
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",

@@ -27,11 +27,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.errors import BridgeError, VerificationError
 from gateway.verify import reserialize
 from gateway.verify.base import BuildContext, InboundRequest, VerifiedRequest
-from gateway.verify.common import MAX_HEADER_CHARS, Options, require_secrets
+from gateway.verify.common import MAX_HEADER_CHARS, require_secrets
 from gateway.verify.hmac_scheme import KeyRing
+from schemas.errors import BridgeError, VerificationError
+from schemas.options import Options
 
 SCHEME = "justwallet"
 OPTIONS = ("modes",)

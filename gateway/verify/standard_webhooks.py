@@ -21,13 +21,14 @@ from collections.abc import Sequence
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from gateway.errors import ConfigError, VerificationError
 from gateway.verify import keys
 from gateway.verify.base import BuildContext, InboundRequest, Secret, VerifiedRequest
-from gateway.verify.common import Options, decode_b64, require_secrets
+from gateway.verify.common import decode_b64, require_secrets
 from gateway.verify.hmac_scheme import HmacSigner, HmacVerifier
 from gateway.verify.hmac_spec import HmacSpec, hmac_keys, parse_spec
 from gateway.verify.keys import PrivateKey
+from schemas.errors import ConfigError, VerificationError
+from schemas.options import Options
 
 SCHEME = "standard-webhooks"
 OPTIONS = ("tolerance_s", "signing_key_file")

@@ -7,7 +7,7 @@ the signer attaches no headers.
 from __future__ import annotations
 
 from gateway.verify.base import BuildContext, InboundRequest, VerifiedRequest
-from gateway.verify.common import Options
+from schemas.options import Options
 
 SCHEME = "none"
 

@@ -52,8 +52,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.broker import free_port
-from gateway.topics import TopicNames
+from deploy.broker import free_port
+from schemas.topics import TopicNames
 from tests.bench.common import BenchBroker, add_broker_argument
 from tests.consumer_support import (
     BASE_US,
@@ -92,7 +92,7 @@ def start_stage(stage: str, cfg: Path, port: int, log: Path) -> subprocess.Popen
                 "0",
                 sys.executable,
                 "-m",
-                "gateway.cli",
+                "deploy.cli",
                 stage,
                 "--config",
                 str(cfg),

@@ -275,9 +275,10 @@ def main(argv: list[str] | None = None) -> int:
         serve(args.serve)
         return 0
     sys.path.insert(0, str(REPO))
-    from gateway.broker import free_port
-    from gateway.config import load
-    from gateway.topics import TopicSpec, ensure_topics, implied_topics
+    from deploy.broker import free_port
+    from deploy.topics import ensure_topics
+    from schemas.config import load
+    from schemas.topics import TopicSpec, implied_topics
 
     broker = None
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
@@ -332,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
                     [
                         sys.executable,
                         "-m",
-                        "gateway.cli",
+                        "deploy.cli",
                         "fanout",
                         "--config",
                         str(config),

@@ -32,9 +32,10 @@ import time
 import uuid
 from pathlib import Path
 
-from gateway.broker import free_port
-from gateway.config import load
-from gateway.topics import TopicSpec, ensure_topics, implied_topics, names
+from deploy.broker import free_port
+from deploy.topics import ensure_topics
+from schemas.config import load
+from schemas.topics import TopicSpec, implied_topics, names
 from tests.bench.common import (
     REPO,
     BenchBroker,
@@ -218,7 +219,7 @@ secrets = ["JIKO_WEBHOOK_SECRET"]
             ),
             (
                 "gateway: full path to Kafka ack",
-                python("-m", "gateway.cli", "gateway", "--config", str(config)),
+                python("-m", "deploy.cli", "gateway", "--config", str(config)),
                 gateway_port,
             ),
         ):

@@ -28,9 +28,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from deploy.topics import ensure_topics
 from gateway.app import create_app
-from gateway.config import load
-from gateway.topics import ensure_topics, implied_topics
+from schemas.config import load
+from schemas.topics import implied_topics
 from tests.bench.bench_gateway import jiko_body
 from tests.bench.common import BenchBroker, add_broker_argument, machine
 

@@ -72,9 +72,9 @@ class BenchBroker:
     the default wherever Java 17+ runs) or the embedded broker (`--broker embedded`)."""
 
     def __init__(self, kind: str = "auto") -> None:
-        from gateway import apache_kafka
-        from gateway.apache_kafka import ApacheKafka
-        from gateway.broker import EmbeddedBroker
+        from deploy import apache_kafka
+        from deploy.apache_kafka import ApacheKafka
+        from deploy.broker import EmbeddedBroker
 
         if kind == "auto":
             kind = "embedded" if apache_kafka.missing_prerequisite() else "apache"
@@ -85,7 +85,7 @@ class BenchBroker:
     @property
     def name(self) -> str:
         if self._apache is not None:
-            from gateway.apache_kafka import kafka_version
+            from deploy.apache_kafka import kafka_version
 
             return f"Apache Kafka {kafka_version()}"
         return "embedded (Tansu)"

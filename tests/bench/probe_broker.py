@@ -14,7 +14,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from gateway.topics import TopicSpec, ensure_topics
+from deploy.topics import ensure_topics
+from schemas.topics import TopicSpec
 from tests.bench.common import BenchBroker, add_broker_argument, machine
 
 

@@ -27,7 +27,7 @@ import subprocess
 import sys
 from typing import Any
 
-from gateway.samples import sample_body
+from deploy.samples import sample_body
 
 SECRET = "jw-vector-secret-0123456789"
 SAMPLE_NOW = 1_707_480_523.0  # 2024-02-09T12:08:43Z, the documentation's example time
@@ -186,7 +186,7 @@ CASES: list[tuple[str, str]] = [
     ("depth 513", _nested(512)),
 ]
 
-# Bodies `webhook-bridge send` makes (gateway.samples), with the arguments that make them.
+# Bodies `webhook-bridge send` makes (deploy.samples), with the arguments that make them.
 SEND_SAMPLES: list[tuple[str, dict[str, Any]]] = [
     ("send: payout sample", {"event_type": "payout", "resource_id": "po_8a7f", "now": SAMPLE_NOW}),
     (

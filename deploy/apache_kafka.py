@@ -1,7 +1,7 @@
 """Apache Kafka (KRaft) from Maven Central's jars: one node or a cluster on loopback.
 
 The broker of the test suite, CI and `make run` wherever Java 17+ is installed
-(the embedded Tansu broker in `gateway.broker` is the fallback elsewhere).
+(the embedded Tansu broker in `deploy.broker` is the fallback elsewhere).
 
 - **Jars.** `deploy/kafka/pom.xml` pins the Kafka version (the only place it is
   written). `make kafka-jars`, or `ensure_jars()`, runs Maven once to copy
@@ -40,8 +40,9 @@ from pathlib import Path
 from types import TracebackType
 from xml.etree import ElementTree
 
-from gateway.broker import _die_with_parent, free_port, port_in_use, wait_for_metadata
-from gateway.errors import BrokerError
+from deploy.broker import free_port, port_in_use, wait_for_metadata
+from schemas.errors import BrokerError
+from schemas.process import die_with_parent
 
 __all__ = ["ApacheKafka", "BrokerError", "available", "ensure_jars", "kafka_version"]
 
@@ -484,7 +485,7 @@ class ApacheKafka:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 - only prctl, before exec
+                preexec_fn=die_with_parent,  # noqa: PLW1509 - only prctl, before exec
                 start_new_session=True,
             )
 
@@ -529,10 +530,10 @@ def running(nodes: int = 1, **kwargs: object) -> Iterator[ApacheKafka]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m gateway.apache_kafka fetch`: what `make kafka-jars` runs."""
+    """`python -m deploy.apache_kafka fetch`: what `make kafka-jars` runs."""
     args = sys.argv[1:] if argv is None else argv
     if args[:1] != ["fetch"]:
-        print("usage: python -m gateway.apache_kafka fetch [--optional]", file=sys.stderr)
+        print("usage: python -m deploy.apache_kafka fetch [--optional]", file=sys.stderr)
         return 2
     try:
         libs = ensure_jars()

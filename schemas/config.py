@@ -20,6 +20,7 @@ Any error stops the process with one line: ``config error: <key>: <problem>``.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 import re
@@ -31,9 +32,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from gateway.errors import ConfigError
-from gateway.providers import DEFAULT_SELECTORS
-from gateway.selectors import Selector, parse_selector
+from schemas.errors import ConfigError
+from schemas.providers import DEFAULT_SELECTORS
+from schemas.selectors import Selector, parse_selector
 
 ENV_PREFIX = "BRIDGE_"
 
@@ -175,7 +176,7 @@ class Settings:
     def producer_config(self, **overrides: Any) -> dict[str, Any]:
         """Every producer's settings: ``message.max.bytes`` fits the largest envelope, and no
         producer asks the broker to create a topic (topics come from `topics`)."""
-        from gateway.sizes import producer_message_max_bytes
+        from schemas.sizes import producer_message_max_bytes
 
         fitted = {
             "message.max.bytes": str(producer_message_max_bytes(self)),
@@ -420,7 +421,7 @@ def _check_values(s: Settings) -> None:
 
 def _check_record_size(s: Settings, producer: Mapping[str, Any]) -> None:
     """The largest envelope fits what the producers send and what the topics take."""
-    from gateway.sizes import LIBRDKAFKA_MAX, record_limits
+    from schemas.sizes import LIBRDKAFKA_MAX, record_limits
 
     need = record_limits(s)
     origin = (
@@ -801,3 +802,14 @@ _KIND_NAMES: dict[type[Any], str] = {
 
 def _kind_name(kind: type[Any]) -> str:
     return _KIND_NAMES.get(kind, kind.__name__)
+
+
+DEFAULT_CONFIG_ENV = "BRIDGE_CONFIG"
+
+
+def add_config_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        default=os.environ.get(DEFAULT_CONFIG_ENV, "deploy/demo.toml"),
+        help=f"TOML config file (env {DEFAULT_CONFIG_ENV}; default deploy/demo.toml)",
+    )

@@ -14,10 +14,10 @@ import signal
 import threading
 from pathlib import Path
 
-from gateway import apache_kafka
-from gateway.apache_kafka import ApacheKafka
-from gateway.broker import EmbeddedBroker
-from gateway.errors import BrokerError
+from deploy import apache_kafka
+from deploy.apache_kafka import ApacheKafka
+from deploy.broker import EmbeddedBroker
+from schemas.errors import BrokerError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

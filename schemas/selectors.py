@@ -19,10 +19,32 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from gateway.errors import ConfigError
-from gateway.verify.base import VerifiedRequest
+from schemas.errors import ConfigError
+
+
+class _Headers(Protocol):
+    def get(self, name: str) -> str | None: ...
+
+
+class _Request(Protocol):
+    @property
+    def headers(self) -> _Headers: ...
+
+
+class Verified(Protocol):
+    """What a selector reads of a verified request (the gateway's ``VerifiedRequest``)."""
+
+    @property
+    def request(self) -> _Request: ...
+    @property
+    def event_id(self) -> str | None: ...
+    @property
+    def signed_timestamp(self) -> float | None: ...
+    @property
+    def event_type(self) -> str | None: ...
+
 
 _SEGMENT = re.compile(r'\["((?:[^"\\]|\\.)*)"\]|\[(\d+)\]|([^.\[\]]+)')
 SIGNED_FIELDS = ("id", "timestamp", "type")
@@ -40,7 +62,7 @@ class Selector:
     text: str
     alternatives: tuple[Alternative, ...]
 
-    def select(self, body: Any, verified: VerifiedRequest) -> tuple[Any, str] | None:
+    def select(self, body: Any, verified: Verified) -> tuple[Any, str] | None:
         """Return (value, origin) with origin in payload|header|signed, or None."""
         for alt in self.alternatives:
             value: Any

@@ -3,7 +3,7 @@
 The first example in the README, and a tool for providers' integration tests.
 Secrets come from the same environment variables the gateway reads; a variable
 that is unset is taken from the demo secrets `webhook-bridge up` keeps
-(``.state/demo-secrets.env``, see `gateway.demo_secrets`).
+(``.state/demo-secrets.env``, see `deploy.demo_secrets`).
 """
 
 from __future__ import annotations
@@ -16,16 +16,16 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gateway import config as config_module
-from gateway import demo_secrets
-from gateway.cli import add_config_argument
-from gateway.errors import ConfigError
+from deploy import demo_secrets
+from schemas import config as config_module
+from schemas.config import add_config_argument
+from schemas.errors import ConfigError
 
 if TYPE_CHECKING:
     import httpx
 
-    from gateway.config import SourceSettings
     from gateway.verify.base import BuildContext
+    from schemas.config import SourceSettings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,7 +55,7 @@ def prepare(
 ) -> tuple[bytes, dict[str, str]]:
     """The body (a sample of the provider's documented shape unless given) and the headers
     its provider would attach, signed the way that provider's documentation says."""
-    from gateway.samples import sample_body
+    from deploy.samples import sample_body
     from gateway.verify import sign_request
 
     if body is None:
@@ -70,7 +70,7 @@ def prepare(
 def run(args: argparse.Namespace) -> int:
     import httpx
 
-    from gateway.samples import DEFAULT_TYPES
+    from deploy.samples import DEFAULT_TYPES
     from gateway.sources import verify_context
 
     env, _ = demo_secrets.with_fallback(os.environ, Path(args.secrets_file))

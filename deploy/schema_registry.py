@@ -1,7 +1,7 @@
 """A Confluent-compatible Schema Registry on a loopback port: Apicurio Registry.
 
 Registry mode (``bridge.schema_registry_url``) is proven against it in
-tests/test_schema_registry.py, and `python -m gateway.schema_registry` runs one
+tests/test_schema_registry.py, and `python -m deploy.schema_registry` runs one
 for local work (docs/schema-registry.md). Production points at its own registry.
 
 `make registry-jars` (deploy/registry/pom.xml) fetches Apicurio's built
@@ -32,8 +32,9 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
-from gateway.broker import _die_with_parent, free_port, port_in_use
-from gateway.errors import BridgeError
+from deploy.broker import free_port, port_in_use
+from schemas.errors import BridgeError
+from schemas.process import die_with_parent
 
 APICURIO_VERSION = "3.3.3"  # keep equal to <apicurio.version> in deploy/registry/pom.xml
 MIN_JAVA = 21  # Apicurio 3.3 is compiled for Java 21
@@ -239,7 +240,7 @@ class SchemaRegistry:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 - only prctl, before exec
+                preexec_fn=die_with_parent,  # noqa: PLW1509 - only prctl, before exec
                 start_new_session=True,
             )
         try:
@@ -307,8 +308,8 @@ class SchemaRegistry:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m gateway.schema_registry`: run one in the foreground until Ctrl-C."""
-    parser = argparse.ArgumentParser(prog="python -m gateway.schema_registry", description=__doc__)
+    """`python -m deploy.schema_registry`: run one in the foreground until Ctrl-C."""
+    parser = argparse.ArgumentParser(prog="python -m deploy.schema_registry", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8081, help="0 picks a free one")
     parser.add_argument("--log", type=Path, help="write the registry's output here")

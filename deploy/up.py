@@ -34,12 +34,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway import config as config_module
-from gateway import demo_secrets
-from gateway.broker import EmbeddedBroker, port_in_use, wait_for_metadata
-from gateway.cli import add_config_argument
-from gateway.errors import BridgeError, BrokerError
-from gateway.topics import ensure_topics, implied_topics
+from deploy import demo_secrets
+from deploy.broker import EmbeddedBroker, port_in_use, wait_for_metadata
+from deploy.topics import ensure_topics
+from schemas import config as config_module
+from schemas.config import add_config_argument
+from schemas.errors import BridgeError, BrokerError
+from schemas.topics import implied_topics
 
 LOOPBACK = ("127.0.0.1", "localhost")
 BACKOFF_INITIAL_S = 1.0
@@ -198,7 +199,7 @@ class ApacheBroker(OwnBroker):
     keeps_data = True
 
     def __init__(self, port: int, data_dir: Path) -> None:
-        from gateway.apache_kafka import ApacheKafka
+        from deploy.apache_kafka import ApacheKafka
 
         self.data_dir = data_dir
         self._cluster = ApacheKafka(nodes=1, data_dir=data_dir, port=port)
@@ -241,7 +242,7 @@ def start_broker(
             ) from None
         _log(f"using the Kafka at {settings.kafka['bootstrap.servers']} (not supervised by up)")
         return None
-    from gateway import apache_kafka
+    from deploy import apache_kafka
 
     port = int(port_text)
     problem = None if choice == "embedded" else apache_kafka.missing_prerequisite()
@@ -297,7 +298,7 @@ class Child:
 
     def spawn(self) -> subprocess.Popen[bytes]:
         self.process = subprocess.Popen(  # noqa: S603 - our own CLI, fixed argv
-            [sys.executable, "-m", "gateway.cli", *self.argv], env=self.env
+            [sys.executable, "-m", "deploy.cli", *self.argv], env=self.env
         )
         self.started_at = time.monotonic()
         self.healthy = not self.health
@@ -541,7 +542,7 @@ def _terminate(processes: list[subprocess.Popen[bytes]], timeout_s: float) -> No
 
 
 def run(args: argparse.Namespace) -> int:
-    from gateway import topics_cmd
+    from deploy import topics_cmd
 
     state_dir = Path(args.state_dir)
     secrets_file = state_dir / demo_secrets.FILE_NAME

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 from collections.abc import Sequence
 
-from gateway.errors import BridgeError, ConfigError
+from schemas.config import add_config_argument
+from schemas.errors import BridgeError, ConfigError
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "up": (
-        "gateway.up",
+        "deploy.up",
         "run a local Kafka, the topics and every process, restarting what dies (make run)",
     ),
     "gateway": ("gateway.server", "serve POST /webhooks/{source} and publish to Kafka"),
@@ -30,23 +30,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "a demo internal service that checks and prints signed fan-out deliveries",
     ),
     "broker": (
-        "gateway.broker_cmd",
+        "deploy.broker_cmd",
         "run Apache Kafka (one node or a cluster) or the embedded broker in the foreground",
     ),
-    "topics": ("gateway.topics_cmd", "create and check every topic the config implies"),
-    "send": ("gateway.send", "sign a sample webhook with a source's scheme and post it"),
-    "check-config": ("gateway.topics_cmd:check", "validate a config file and exit"),
+    "topics": ("deploy.topics_cmd", "create and check every topic the config implies"),
+    "send": ("deploy.send", "sign a sample webhook with a source's scheme and post it"),
+    "check-config": ("deploy.topics_cmd:check", "validate a config file and exit"),
 }
-
-DEFAULT_CONFIG_ENV = "BRIDGE_CONFIG"
-
-
-def add_config_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config",
-        default=os.environ.get(DEFAULT_CONFIG_ENV, "deploy/demo.toml"),
-        help=f"TOML config file (env {DEFAULT_CONFIG_ENV}; default deploy/demo.toml)",
-    )
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:

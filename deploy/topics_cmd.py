@@ -8,10 +8,10 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from gateway import config as config_module
-from gateway.cli import add_config_argument
-from gateway.config import Settings
-from gateway.topics import create_and_check_topics, implied_topics
+from deploy.topics import create_and_check_topics
+from schemas import config as config_module
+from schemas.config import Settings, add_config_argument
+from schemas.topics import implied_topics
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

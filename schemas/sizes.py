@@ -42,7 +42,7 @@ from schemas.envelope import (
 )
 
 
-# What these functions read of a configuration (`gateway.config.Settings` has it all;
+# What these functions read of a configuration (`schemas.config.Settings` has it all;
 # described here so that the config, which calls them, is not imported back).
 class _Selector(Protocol):
     @property

@@ -7,20 +7,17 @@ everything in memory: a restart loses topics, records and offsets (see
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
 from types import TracebackType
 
-from gateway.errors import BrokerError
+from schemas.errors import BrokerError
+from schemas.process import die_with_parent
 
 BINARY_ENV = "CALF_TANSU_BIN"
-_PR_SET_PDEATHSIG = 1
 
 
 def resolve_binary() -> str:
@@ -58,12 +55,6 @@ def port_in_use(host: str, port: int) -> bool:
         except OSError:
             return True
         return False
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    # A test run or `make run` that is killed must not leave a broker behind.
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def wait_for_metadata(
@@ -133,7 +124,7 @@ class EmbeddedBroker:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - only prctl, before exec
+            preexec_fn=die_with_parent,  # noqa: PLW1509 - only prctl, before exec
             start_new_session=True,
         )
         try:
