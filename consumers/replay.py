@@ -107,8 +107,8 @@ async def replay(
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
     from consumers.fanout.delivery import Deliverer
-    from consumers.fanout.policy import Breaker, Route
-    from consumers.sinks import Event, SinkContext, build_sink, validate_sink
+    from consumers.fanout.policy import Breaker, Route, validate_sink
+    from consumers.sinks import Event, SinkContext, build_sink
     from schemas.records import DLQ_TOPIC, KafkaHeaders, header_value, is_late, without_dlq
     from schemas.serde import EnvelopeDeserializer, SerdeError
 

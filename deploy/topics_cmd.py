@@ -58,7 +58,7 @@ def load_checked(path: str | Path, env: Mapping[str, str] | None = None) -> Sett
     """Load the config and validate what only the processes would otherwise find at their
     start (every source's secrets and verifier, every sink's options, resolved with its
     class): the one check before anything starts, for `check-config` and `up` alike."""
-    from consumers.sinks.registry import validate_sink
+    from consumers.fanout.policy import validate_sink
     from gateway.sources import build_verifiers
 
     env = dict(os.environ) if env is None else env

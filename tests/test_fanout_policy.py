@@ -13,10 +13,10 @@ from consumers.fanout.policy import (
     Route,
     RunnerOptions,
     backoff_s,
-    parse_retry_after,
     retry_delay_s,
 )
 from consumers.fanout.tracker import OffsetTracker, PartitionTracker
+from consumers.sinks.base import parse_retry_after
 from schemas.config import RetrySettings, SinkSettings
 from schemas.errors import ConfigError
 

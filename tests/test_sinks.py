@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from consumers.fanout.policy import validate_sink
 from consumers.sinks import (
     DeliveryResult,
     Event,
@@ -18,7 +19,6 @@ from consumers.sinks import (
     build_sink,
     signing,
     sink_class,
-    validate_sink,
 )
 from consumers.sinks.http import HttpSink
 from consumers.sinks.kafka import render_topic, sanitise_topic

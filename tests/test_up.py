@@ -566,8 +566,8 @@ def test_up_restarts_a_stalled_process_whose_healthz_fails(tmp_path: Path) -> No
 
 
 def test_demo_receiver_option_is_validated_with_the_http_sink() -> None:
+    from consumers.fanout.policy import validate_sink
     from consumers.sinks.http import demo_receiver_port
-    from consumers.sinks.registry import validate_sink
     from schemas.errors import ConfigError
     from tests.support import settings_from_toml
 

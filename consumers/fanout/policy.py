@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
 import fnmatch
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from consumers.sinks.base import COMMON_OPTIONS, int_option
+from consumers.sinks.registry import sink_class
 from schemas.config import RetrySettings, SinkSettings
 from schemas.options import Options
 
@@ -82,22 +82,6 @@ def retry_delay_s(
     """Wait before the next attempt: the jittered backoff, but never less than Retry-After."""
     delay = backoff_s(retry, attempt, rand)
     return delay if retry_after_s is None else max(delay, retry_after_s)
-
-
-def parse_retry_after(value: str | None, now: float) -> float | None:
-    """``Retry-After`` as seconds from `now`: delta-seconds or an HTTP date; None if absent/bad."""
-    if value is None:
-        return None
-    text = value.strip()
-    if text.isdigit():
-        return float(int(text))
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        return None  # HTTP dates are GMT; a zone-less date is not one
-    return max(0.0, when.timestamp() - now)
 
 
 class Budget:
@@ -180,3 +164,9 @@ class Breaker:
                 if not was_open:
                     self.on_change(True)
         self._changed.set()
+
+
+def validate_sink(settings: SinkSettings, env: Mapping[str, str]) -> None:
+    """Start-up check of one sink: the runner's options, then the sink type's own."""
+    RunnerOptions.from_settings(settings)
+    sink_class(settings).validate(settings, env)

@@ -74,9 +74,10 @@ class Fanout:
         drain_timeout_s: float = 10.0,
         commit_interval_s: float = 0.2,
     ) -> None:
+        from consumers.fanout.policy import validate_sink
         from consumers.fanout.runner import SinkRunner, group_id, source_topics
         from consumers.runtime.watch import BrokerWatch, GroupLag
-        from consumers.sinks import SinkContext, build_sink, validate_sink
+        from consumers.sinks import SinkContext, build_sink
         from schemas.process import broker_reachable_gauge
 
         env = dict(os.environ) if env is None else dict(env)

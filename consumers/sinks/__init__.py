@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from consumers.sinks.base import DeliveryResult, Event, Sink, SinkContext, SinkError
-from consumers.sinks.registry import SINK_TYPES, build_sink, sink_class, validate_sink
+from consumers.sinks.registry import SINK_TYPES, build_sink, sink_class
 
 __all__ = [
     "SINK_TYPES",
@@ -14,5 +14,4 @@ __all__ = [
     "SinkError",
     "build_sink",
     "sink_class",
-    "validate_sink",
 ]

@@ -9,6 +9,7 @@ destination (see docs/fanout.md, "Adding a sink").
 
 from __future__ import annotations
 
+import email.utils
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -128,3 +129,19 @@ def int_option(opts: Options, name: str, default: int, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise opts.fail(name, f"must be an integer >= {minimum}")
     return value
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """``Retry-After`` as seconds from `now`: delta-seconds or an HTTP date; None if absent/bad."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return float(int(text))
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None  # HTTP dates are GMT; a zone-less date is not one
+    return max(0.0, when.timestamp() - now)

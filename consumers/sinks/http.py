@@ -23,9 +23,15 @@ import time
 from collections.abc import Mapping
 from urllib.parse import SplitResult, urlsplit
 
-from consumers.fanout.policy import parse_retry_after
 from consumers.sinks import signing
-from consumers.sinks.base import DeliveryResult, Event, Sink, SinkContext, int_option
+from consumers.sinks.base import (
+    DeliveryResult,
+    Event,
+    Sink,
+    SinkContext,
+    int_option,
+    parse_retry_after,
+)
 from consumers.sinks.http_client import HttpClient, HttpError, RequestTimeout
 from schemas.config import SinkSettings, url_problem
 from schemas.envelope import micros_to_iso

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
 
 from consumers.sinks.base import Sink, SinkContext
 from schemas.config import SinkSettings
@@ -35,14 +34,6 @@ def sink_class(settings: SinkSettings) -> type[Sink]:
     if not (isinstance(cls, type) and issubclass(cls, Sink)):
         raise ConfigError(where, f"{target} is not a consumers.sinks.base.Sink subclass")
     return cls
-
-
-def validate_sink(settings: SinkSettings, env: Mapping[str, str]) -> None:
-    """Start-up check the config loader can call: type resolves, options are valid."""
-    from consumers.fanout.policy import RunnerOptions
-
-    RunnerOptions.from_settings(settings)
-    sink_class(settings).validate(settings, env)
 
 
 def build_sink(settings: SinkSettings, context: SinkContext) -> Sink:
