@@ -17,12 +17,11 @@ from consumers.sinks import (
     Sink,
     SinkContext,
     build_sink,
-    signing,
     sink_class,
 )
 from consumers.sinks.http import HttpSink
 from consumers.sinks.kafka import render_topic, sanitise_topic
-from schemas import config
+from schemas import config, standard_webhooks
 from schemas.config import RetrySettings, SinkSettings
 from schemas.errors import ConfigError
 from tests.receiver_support import (
@@ -52,19 +51,21 @@ class EchoSink(Sink):
 
 # Standard Webhooks reference vector (svix libraries' tests).
 def test_signature_matches_the_standard_webhooks_vector() -> None:
-    key = signing.decode_secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
-    sig = signing.signature(
+    key = standard_webhooks.decode_secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+    headers = standard_webhooks.sign(
         key, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, b'{"test": 2432232314}'
     )
+    sig = headers["webhook-signature"]
     assert sig == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
-    assert signing.verify(
+    assert headers["webhook-timestamp"] == "1614265330"
+    assert standard_webhooks.verify_signature(
         key,
         "msg_p5jXN8AQM9LWM0D4loKWxJek",
         "1614265330",
         b'{"test": 2432232314}',
         f"v1,bogus {sig}",
     )
-    assert not signing.verify(
+    assert not standard_webhooks.verify_signature(
         key, "msg_p5jXN8AQM9LWM0D4loKWxJek", "1614265331", b'{"test": 2432232314}', sig
     )
 

@@ -32,13 +32,13 @@ def create_app(key: bytes | None) -> Starlette:
     from starlette.responses import PlainTextResponse
     from starlette.routing import Route
 
-    from consumers.sinks import signing
+    from schemas import standard_webhooks
 
     async def events(request: Request) -> PlainTextResponse:
         body = await request.body()
         h = request.headers
         event_id = h.get("webhook-id", "")
-        verified = key is not None and signing.verify(
+        verified = key is not None and standard_webhooks.verify_signature(
             key, event_id, h.get("webhook-timestamp", ""), body, h.get("webhook-signature", "")
         )
         # One write per line: print() writes the newline apart, and with PYTHONUNBUFFERED
@@ -67,12 +67,12 @@ def create_app(key: bytes | None) -> Starlette:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from consumers.sinks import signing
+    from schemas import standard_webhooks
 
     secret = os.environ.get(args.secret_env, "")
     key: bytes | None = None
     try:
-        key = signing.decode_secret(secret) if secret else None
+        key = standard_webhooks.decode_secret(secret) if secret else None
     except ValueError:
         key = None
     if key is None:

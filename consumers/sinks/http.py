@@ -23,7 +23,6 @@ import time
 from collections.abc import Mapping
 from urllib.parse import SplitResult, urlsplit
 
-from consumers.sinks import signing
 from consumers.sinks.base import (
     DeliveryResult,
     Event,
@@ -33,6 +32,7 @@ from consumers.sinks.base import (
     parse_retry_after,
 )
 from consumers.sinks.http_client import HttpClient, HttpError, RequestTimeout
+from schemas import standard_webhooks
 from schemas.config import SinkSettings, url_problem
 from schemas.envelope import micros_to_iso
 from schemas.options import Options
@@ -58,7 +58,7 @@ class HttpSink(Sink):
         self.url = url
         parts = urlsplit(url)
         self._target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        self._key = key
+        self._keys = standard_webhooks.Keys([("", key)])
         self._client = HttpClient(
             url, timeout_s=timeout, connect_timeout_s=connect, max_connections=pool
         )
@@ -77,7 +77,12 @@ class HttpSink(Sink):
             ("content-type", env.content_type or "application/octet-stream"),
             ("webhook-id", env.event_id),
             ("webhook-timestamp", str(timestamp)),
-            ("webhook-signature", signing.signature(self._key, env.event_id, timestamp, env.body)),
+            (
+                standard_webhooks.SIGNATURE_HEADER,
+                self._keys.sign(
+                    standard_webhooks.signed_content(env.event_id, str(timestamp), env.body)
+                ),
+            ),
             ("x-webhook-provider", env.provider),
             ("x-webhook-event-type", env.event_type),
             ("x-webhook-occurred-at", micros_to_iso(env.occurred_at)),
@@ -146,7 +151,7 @@ def _parse(opts: Options, env: Mapping[str, str]) -> tuple[str, bytes, float, fl
     if not value:
         raise opts.fail("secret", f"environment variable {var} is not set")
     try:
-        key = signing.decode_secret(value)
+        key = standard_webhooks.decode_secret(value)
     except ValueError as exc:
         raise opts.fail("secret", f"environment variable {var}: {exc}") from None
     return (

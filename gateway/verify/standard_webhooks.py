@@ -3,8 +3,8 @@
 The ``svix-*`` header twins are accepted too. The signature header is a
 space-separated list; any entry matching any live secret passes:
 
-- ``v1,<base64 HMAC-SHA256>`` keyed with base64-decode(secret without ``whsec_``)
-  (the declarative HMAC mechanism with ``format = "list"``);
+- ``v1,<base64 HMAC-SHA256>`` keyed with base64-decode(secret without ``whsec_``),
+  computed by ``schemas/standard_webhooks.py`` (the fan-out signs with the same code);
 - ``v1a,<base64 ed25519>`` checked with a secret of the form ``whpk_<base64 public key>``.
 
 Signed content ``{id}.{timestamp}.{body}``; ``event_id`` = webhook-id. Options:
@@ -17,16 +17,24 @@ Signed content ``{id}.{timestamp}.{body}``; ``event_id`` = webhook-id. Options:
 from __future__ import annotations
 
 import base64
+import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from gateway.verify import keys
 from gateway.verify.base import BuildContext, InboundRequest, Secret, VerifiedRequest
-from gateway.verify.common import decode_b64, require_secrets
-from gateway.verify.hmac_scheme import HmacSigner, HmacVerifier
-from gateway.verify.hmac_spec import HmacSpec, hmac_keys, parse_spec
+from gateway.verify.common import (
+    MAX_HEADER_CHARS,
+    check_window,
+    decode_b64,
+    header_bytes,
+    parse_unix_seconds,
+    require_secrets,
+)
 from gateway.verify.keys import PrivateKey
+from schemas import standard_webhooks as sw
 from schemas.errors import ConfigError, VerificationError
 from schemas.options import Options
 
@@ -35,20 +43,19 @@ OPTIONS = ("tolerance_s", "signing_key_file")
 PUBLIC_PREFIX = b"whpk_"
 
 
-def _spec(ctx: BuildContext, opts: Options, family: str) -> HmacSpec:
-    options = {
-        "header": f"{family}-signature",
-        "format": "list",
-        "version": "v1",
-        "timestamp_header": f"{family}-timestamp",
-        "id_header": f"{family}-id",
-        "template": "{id}.{timestamp}.{body}",
-        "encoding": "base64",
-        "key_encoding": "base64",
-        "key_prefix": "whsec_",
-        "tolerance_s": opts.number("tolerance_s", 300.0),
-    }
-    return parse_spec(SCHEME, ctx.where, options)
+@dataclass(frozen=True, slots=True)
+class _Headers:
+    """One family of header names: ``webhook-*`` or its ``svix-*`` twin."""
+
+    signature: str
+    timestamp: str
+    id: str
+
+
+FAMILIES = (
+    _Headers(sw.SIGNATURE_HEADER, sw.TIMESTAMP_HEADER, sw.ID_HEADER),
+    _Headers("svix-signature", "svix-timestamp", "svix-id"),
+)
 
 
 def _split(ctx: BuildContext) -> tuple[list[Secret], list[tuple[str, ed25519.Ed25519PublicKey]]]:
@@ -67,65 +74,96 @@ def _split(ctx: BuildContext) -> tuple[list[Secret], list[tuple[str, ed25519.Ed2
     return symmetric, public
 
 
+def _hmac_keys(ctx: BuildContext, secrets: Sequence[Secret]) -> sw.Keys:
+    ring = []
+    for secret in secrets:
+        try:
+            ring.append((secret.key_id, sw.decode_secret(secret.value)))
+        except ValueError:
+            raise ConfigError(
+                f"{ctx.where}.secrets",
+                f"secret {secret.key_id} is not base64 after prefix {sw.SECRET_PREFIX!r}",
+            ) from None
+    return sw.Keys(ring)
+
+
 class StandardWebhooksVerifier:
     scheme = SCHEME
 
     def __init__(
         self,
-        families: Sequence[HmacVerifier],
+        ring: sw.Keys,
         public_keys: Sequence[tuple[str, ed25519.Ed25519PublicKey]],
+        tolerance_s: float,
     ) -> None:
-        self._families = families
+        self._ring = ring
         self._public = public_keys
+        self._tolerance_s = tolerance_s
 
     def verify(self, request: InboundRequest, now: float) -> VerifiedRequest:
-        family = next((f for f in self._families if f.spec.header in request.headers), None)
-        if family is None:
-            raise VerificationError("missing_header", "webhook-signature")
-        signed = family.parse(request, now)
-        v1 = family.candidates(signed)
-        v1a = [s for s in (decode_b64(t) for v, t in signed.entries if v == "v1a") if s]
+        headers = request.headers
+        names = next((f for f in FAMILIES if f.signature in headers), None)
+        if names is None:
+            raise VerificationError("missing_header", sw.SIGNATURE_HEADER)
+        value = headers[names.signature]
+        if len(value) > MAX_HEADER_CHARS:
+            raise VerificationError("malformed_header", f"{names.signature}: too long")
+        found = sw.entries(value)
+        if not found:
+            raise VerificationError("malformed_header", f"{names.signature}: no signature entry")
+        timestamp_text = headers.get(names.timestamp)
+        if timestamp_text is None:
+            raise VerificationError("missing_header", names.timestamp)
+        timestamp = parse_unix_seconds(timestamp_text.strip(), names.timestamp)
+        check_window(timestamp, now, self._tolerance_s, names.timestamp)
+        event_id = headers.get(names.id)
+        if event_id is None:
+            raise VerificationError("missing_header", names.id)
+        content = sw.signed_content(
+            header_bytes(event_id, names.id), timestamp_text.strip(), request.body
+        )
+        v1 = sw.v1_candidates(found)
+        v1a = [s for s in (decode_b64(t) for v, t in found if v == "v1a") if s]
         if not v1 and not v1a:
-            raise VerificationError("malformed_header", f"{family.spec.header}: no usable entry")
-        key_id = family.ring.find(signed.message, v1) if v1 else None
+            raise VerificationError("malformed_header", f"{names.signature}: no usable entry")
+        key_id = self._ring.find(content, v1) if v1 else None
         if key_id is None:
             key_id = next(
                 (
                     kid
                     for kid, key in self._public
                     for sig in v1a
-                    if keys.verify_signature(key, sig, signed.message)
+                    if keys.verify_signature(key, sig, content)
                 ),
                 None,
             )
         if key_id is None:
-            raise VerificationError("bad_signature", f"{family.spec.header}: no secret matches")
+            raise VerificationError("bad_signature", f"{names.signature}: no secret matches")
         return VerifiedRequest(
             request=request,
             scheme=SCHEME,
             key_id=key_id,
-            signed_timestamp=None if signed.timestamp is None else float(signed.timestamp),
-            event_id=signed.event_id,
+            signed_timestamp=float(timestamp),
+            event_id=event_id,
         )
+
+
+def _tolerance(opts: Options) -> float:
+    return opts.number("tolerance_s", 300.0)
 
 
 def build(ctx: BuildContext) -> StandardWebhooksVerifier:
     opts = Options(ctx.options, f"{ctx.where}.verify", OPTIONS, ctx.base_dir)
     keys.private_key(opts, "signing_key_file")  # validated here so a bad file fails at start-up
     symmetric, public = _split(ctx)
-    families = []
-    for family in ("webhook", "svix"):
-        spec = _spec(ctx, opts, family)
-        families.append(HmacVerifier(spec, hmac_keys(spec, ctx.where, symmetric)))
-    return StandardWebhooksVerifier(families, public)
+    return StandardWebhooksVerifier(_hmac_keys(ctx, symmetric), public, _tolerance(opts))
 
 
 class StandardWebhooksSigner:
     """``v1`` with the first secret (unless it is a public key), ``v1a`` with a key file."""
 
-    def __init__(self, hmac_signer: HmacSigner, with_v1: bool, private: PrivateKey | None) -> None:
-        self._hmac = hmac_signer
-        self._with_v1 = with_v1
+    def __init__(self, ring: sw.Keys | None, private: PrivateKey | None) -> None:
+        self._ring = ring
         self._private = private
 
     def sign(
@@ -136,14 +174,18 @@ class StandardWebhooksSigner:
         event_id: str | None = None,
         event_type: str | None = None,
     ) -> dict[str, str]:
-        headers = self._hmac.sign(body, now, event_id=event_id, event_type=event_type)
-        entries = [headers["webhook-signature"]] if self._with_v1 else []
+        msg_id = event_id if event_id is not None else f"msg_{uuid.uuid4().hex}"
+        timestamp = str(int(now))
+        content = sw.signed_content(msg_id, timestamp, body)
+        entries = [self._ring.sign(content)] if self._ring is not None else []
         if self._private is not None:
-            _, message = self._hmac.entry(body, headers["webhook-timestamp"], headers["webhook-id"])
-            signature = keys.sign(self._private, message)
+            signature = keys.sign(self._private, content)
             entries.append("v1a," + base64.b64encode(signature).decode("ascii"))
-        headers["webhook-signature"] = " ".join(entries)
-        return headers
+        return {
+            sw.SIGNATURE_HEADER: " ".join(entries),
+            sw.TIMESTAMP_HEADER: timestamp,
+            sw.ID_HEADER: msg_id,
+        }
 
 
 def build_signer(ctx: BuildContext) -> StandardWebhooksSigner:
@@ -151,10 +193,9 @@ def build_signer(ctx: BuildContext) -> StandardWebhooksSigner:
     private = keys.private_key(opts, "signing_key_file")
     if private is not None and not isinstance(private, ed25519.Ed25519PrivateKey):
         raise opts.fail("signing_key_file", "must be an Ed25519 private key")
+    _tolerance(opts)
     symmetric, _ = _split(ctx)
     with_v1 = bool(symmetric) and symmetric[0] is ctx.secrets[0]
     if not with_v1 and private is None:
         raise opts.fail("signing_key_file", "required to sign: the first secret is a whpk_ key")
-    spec = _spec(ctx, opts, "webhook")
-    ring = hmac_keys(spec, ctx.where, symmetric) if with_v1 else [("", b"unused")]
-    return StandardWebhooksSigner(HmacSigner(spec, ring), with_v1, private)
+    return StandardWebhooksSigner(_hmac_keys(ctx, symmetric[:1]) if with_v1 else None, private)
