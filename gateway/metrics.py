@@ -203,8 +203,6 @@ class GatewayMetrics:
         self.by_source: dict[str, SourceMetrics] = {}
         # An unknown path is answered 404 before anything else happens to it.
         self.unknown = self.requests.labels(UNKNOWN_SOURCE, "not_found")
-        for reason in REASONS:  # kept while alert rules exclude source!="_unknown" here
-            self.failures.labels(UNKNOWN_SOURCE, reason)
         for labels in verified:
             self.verified.labels(*labels)
         for name, deadline in sources:

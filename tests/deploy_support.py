@@ -311,8 +311,7 @@ def label_domains(settings: Settings) -> dict[str, dict[str, frozenset[str]]]:
     from gateway.verify.base import REASONS
 
     configured = frozenset(settings.sources)
-    # An unknown path is counted as _unknown in the answers it gets (404) only; its
-    # verification failures stay (at 0) while an alert rule excludes source!="_unknown".
+    # An unknown path is counted as _unknown in the answers it gets (404) only.
     source = configured | {UNKNOWN_SOURCE}
     provider = frozenset(settings.providers)
     sink = frozenset(settings.sinks)

@@ -135,6 +135,9 @@ def test_unknown_source_is_404_without_a_new_label(gateway: Gateway) -> None:
     metrics = httpx.get(f"{gateway.url}/metrics").text
     assert "evil-" not in metrics
     assert 'webhook_bridge_gateway_requests_total{outcome="not_found",source="_unknown"}' in metrics
+    # the 404 count is its only series: nothing else can happen to an unknown path
+    unknown = [line for line in metrics.splitlines() if 'source="_unknown"' in line]
+    assert unknown and all(line.startswith("webhook_bridge_gateway_requests_") for line in unknown)
 
 
 def test_a_trailing_slash_is_answered_as_without_it_never_redirected(gateway: Gateway) -> None:

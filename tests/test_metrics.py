@@ -153,14 +153,14 @@ def test_every_series_exists_from_the_first_scrape_with_real_label_values() -> N
         assert first[f"{g}_missing_topics"] == [({}, 0.0)]
         assert first[f"{g}_producer_rebuilds_total"] == [({}, 0.0)]
 
-        # An unknown path has its 404 count, and no deadline, latency, size or publish.
+        # An unknown path has its 404 count only: no failure, deadline, latency or publish.
         unknown = {
             name
             for name, samples in first.items()
             for labels, _ in samples
             if labels.get("source") == UNKNOWN_SOURCE and not name.endswith("_created")
         }
-        assert unknown == {f"{g}_requests_total", f"{g}_verification_failures_total"}
+        assert unknown == {f"{g}_requests_total"}
         [(labels, count)] = [
             (labels, v)
             for labels, v in first[f"{g}_requests_total"]
