@@ -443,3 +443,52 @@ def test_kill_9_and_restart_is_ready_within_15_s(
     finally:
         process.kill()
         receiver.stop()
+
+
+# ------------------------------------------------------- start while the broker is away
+
+
+def test_a_stage_started_while_the_broker_is_away_waits_to_initialise_transactions(
+    fresh_broker: OwnBroker, tmp_path: Path, unique_name: Callable[[str], str]
+) -> None:
+    """The wait path on its own, deterministically: a stage started with its only broker
+    killed cannot initialise transactions; it keeps retrying (a log line per attempt,
+    alive, never restarted) and, once the broker is back, initialises and forwards. Both
+    stages run this path in consumers.runtime.loop; the compactor stands for them."""
+    name = "compactor"
+    if not fresh_broker.keeps_data:
+        pytest.fail("this test needs Apache Kafka (the embedded broker forgets everything)")
+    prefix = unique_name("initwait")
+    # init_transactions times out after transaction.timeout.ms (twice the call timeout)
+    extra = '[kafka.producer]\n"transaction.timeout.ms" = "6000"\n'
+    config = write_config(tmp_path, fresh_broker.bootstrap, prefix, window_s=0.5, extra=extra)
+    settings = load_settings(config)
+    create_topics(settings)
+    t = names(settings)
+    source, target = t.raw("acme"), t.unique("acme")
+    process = Process(name, config, tmp_path / f"{name}.log")
+    fresh_broker.kill()
+    try:
+        process.start()
+        wait_for(
+            lambda: process.count("cannot initialise transactions yet") >= 2,
+            60,
+            f"{name} to retry init_transactions twice while the broker is away",
+        )
+        assert process.alive(), process.tail()
+        assert process.count("transactions initialised after waiting") == 0
+        fresh_broker.restart()
+        producer = RawProducer(fresh_broker.bootstrap)
+        now_us = int(time.time() * 1_000_000)
+        sent = [f"{prefix}-{n}" for n in range(10)]
+        for n, event_id in enumerate(sent):
+            producer.send(source, raw_envelope(event_id, f"S{n % 3}", now_us + n))
+        producer.flush()
+        forwarded = {
+            r.event_id for r in read_topic(fresh_broker.bootstrap, target, expect=len(sent))
+        }
+        assert forwarded >= set(sent), f"{len(set(sent) - forwarded)} not forwarded"
+        assert process.count("transactions initialised after waiting") == 1, process.tail()
+        assert process.alive() and len(process.starts) == 1
+    finally:
+        process.kill()
