@@ -35,7 +35,7 @@ from schemas.envelope import Envelope
 from schemas.records import ce_headers
 from schemas.serde import EnvelopeSerializer
 from schemas.topics import TopicSpec, implied_topics, names
-from tests.conftest import KafkaCluster
+from tests.conftest import KafkaCluster, OwnBroker
 from tests.receiver_support import (
     SECRET,
     SECRET_ENV,
@@ -116,7 +116,9 @@ def ids_in(bootstrap: str, topic: str, want: set[str], timeout_s: float = 30.0) 
         deadline = time.monotonic() + timeout_s
         quiet_since = time.monotonic()
         while not (set(seen) >= want and time.monotonic() - quiet_since > 1.0):
-            assert time.monotonic() < deadline, f"{topic}: missing {sorted(want - set(seen))}"
+            if time.monotonic() >= deadline:
+                missing = sorted(want - set(seen))
+                raise AssertionError(f"{topic}: {len(missing)} missing, e.g. {missing[:10]}")
             for m in reader.consume(100, 0.2):
                 event_id = dict(m.headers() or ()).get("ce_id") if m.error() is None else None
                 if isinstance(event_id, bytes):
@@ -432,3 +434,64 @@ def end_offset(bootstrap: str, topic: str, partition: int) -> int:
         return int(reader.get_watermark_offsets(TopicPartition(topic, partition), 10)[1])
     finally:
         reader.close()
+
+
+@pytest.mark.slow
+def test_a_broker_outage_spends_no_retry_budget(
+    fresh_broker: OwnBroker, unique_name: Callable[[str], str], warnings: list[str]
+) -> None:
+    """The kafka sink writes to the bridge's own cluster. When that cluster is away, no
+    event is at fault: a budget of two attempts and 5 s must not send the events in
+    flight at a kill -9 to the DLQ. Every event reaches the sink's topic after the
+    restart, and the DLQ stays empty."""
+    if not fresh_broker.keeps_data:
+        pytest.fail("this test needs Apache Kafka (the embedded broker forgets everything)")
+    prefix = unique_name("kso")
+    out_topic = f"out-{prefix}"
+    tight = {"max_attempts": 2, "initial_backoff_s": 0.1, "max_backoff_s": 0.5}
+    settings = settings_with(
+        fresh_broker.bootstrap,
+        prefix,
+        {
+            "out": {
+                "type": "kafka",
+                "topic": out_topic,
+                "concurrency": 64,
+                "retry": {**tight, "max_elapsed_s": 5.0},
+            }
+        },
+        {"transaction.timeout.ms": "10000"},
+    )
+    ensure_topics(settings.admin_config(), [*implied_topics(settings), TopicSpec(out_topic, 3, 1)])
+    ordered = names(settings).ordered("acme")
+    events = [envelope(f"e{i}", f"K{i % 50}", seq=i) for i in range(20_000)]
+    want = {e.event_id for e in events}
+    with FanoutThread(settings) as fan:
+        produce(fresh_broker.bootstrap, ordered, events[:100])
+        ids_in(fresh_broker.bootstrap, out_topic, {e.event_id for e in events[:100]})
+        produce(fresh_broker.bootstrap, ordered, events[100:])
+        wait_for(
+            lambda: (
+                fan.metric("webhook_bridge_fanout_delivered_total", sink="out", provider="acme")
+                > 200
+            ),
+            timeout_s=30,
+            what="the sink to be working through the backlog",
+        )
+        fresh_broker.kill()  # with most of the backlog fetched or still to fetch
+        time.sleep(30)  # three transaction timeouts, six budgets' worth of elapsed time
+        fresh_broker.restart()
+        written = ids_in(fresh_broker.bootstrap, out_topic, want, timeout_s=180)
+        assert fan.error is None, "the fan-out kept running"
+        dead = {
+            reason: fan.metric(
+                "webhook_bridge_fanout_dead_lettered_total", sink="out", reason=reason
+            )
+            for reason in ("rejected", "budget_exhausted")
+        }
+    assert set(written) == want
+    assert dead == {"rejected": 0, "budget_exhausted": 0}, dead
+    dlq = names(settings).dlq("out")
+    assert record_count(fresh_broker.bootstrap, dlq) == 0, "an outage sent events to the DLQ"
+    duplicates = sum(written.values()) - len(written)
+    print(f"\nbroker outage: {len(written)} ids written, {duplicates} duplicates")
