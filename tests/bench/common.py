@@ -71,7 +71,7 @@ class BenchBroker:
     """The broker a benchmark runs on: Apache Kafka (one KRaft node from the Maven jars,
     the default wherever Java 17+ runs) or the embedded broker (`--broker embedded`)."""
 
-    def __init__(self, kind: str = "auto") -> None:
+    def __init__(self, kind: str = "auto", config: dict[str, str] | None = None) -> None:
         from deploy import apache_kafka
         from deploy.apache_kafka import ApacheKafka
         from deploy.broker import EmbeddedBroker
@@ -79,7 +79,9 @@ class BenchBroker:
         if kind == "auto":
             kind = "embedded" if apache_kafka.missing_prerequisite() else "apache"
         self.kind = kind
-        self._apache = ApacheKafka(nodes=1, heap="1g") if kind == "apache" else None
+        self._apache = (
+            ApacheKafka(nodes=1, heap="1g", config=dict(config or {})) if kind == "apache" else None
+        )
         self._embedded = EmbeddedBroker() if kind == "embedded" else None
 
     @property
@@ -142,3 +144,16 @@ def add_broker_argument(parser: object) -> None:
         help="the broker to measure on: apache (Apache Kafka from the Maven jars; auto when "
         "Java 17+ is installed) or embedded (Tansu)",
     )
+    parser.add_argument(
+        "--broker-config",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an Apache Kafka broker setting for this run (repeatable)",
+    )
+
+
+def broker_config(args: object) -> dict[str, str]:
+    """`--broker-config KEY=VALUE` options as a dict."""
+    pairs = getattr(args, "broker_config", None) or []
+    return dict(pair.split("=", 1) for pair in pairs)

@@ -16,7 +16,7 @@ import time
 
 from deploy.topics import ensure_topics
 from schemas.topics import TopicSpec
-from tests.bench.common import BenchBroker, add_broker_argument, machine
+from tests.bench.common import BenchBroker, add_broker_argument, broker_config, machine
 
 
 def pct(values: list[float], q: float) -> float:
@@ -31,19 +31,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--transactions", type=int, default=200)
     parser.add_argument("--hops", type=int, default=60)
     parser.add_argument("--fetch-waits", default="20,100,500")
+    parser.add_argument(
+        "--retry-backoff-ms",
+        type=int,
+        default=None,
+        help="the producer's retry.backoff.ms (default: the stages' own setting)",
+    )
     add_broker_argument(parser)
     args = parser.parse_args(argv)
 
-    with BenchBroker(args.broker) as broker:
+    with BenchBroker(args.broker, broker_config(args)) as broker:
         bootstrap = broker.bootstrap
         ensure_topics(
             {"bootstrap.servers": bootstrap},
             [TopicSpec(name, 1, 1) for name in ("probe-in", "probe-out", "probe-state")],
         )
         group = Consumer({"bootstrap.servers": bootstrap, "group.id": "probe"})
-        producer = Producer(
-            {"bootstrap.servers": bootstrap, "transactional.id": "probe", "linger.ms": 0}
-        )
+        conf: dict[str, object] = {
+            "bootstrap.servers": bootstrap,
+            "transactional.id": "probe",
+            "linger.ms": 0,
+        }
+        if args.retry_backoff_ms is not None:
+            conf["retry.backoff.ms"] = args.retry_backoff_ms
+        producer = Producer(conf)
         producer.init_transactions(30)
         phases: dict[str, list[float]] = {"flush outputs": [], "offsets + state": [], "commit": []}
         totals: list[float] = []
