@@ -49,7 +49,8 @@ GRAFANA_DIR = DEPLOY / "grafana"
 DASHBOARD_FILE = GRAFANA_DIR / "dashboards" / "webhook-bridge.json"
 DEMO_CONFIG = DEPLOY / "demo.toml"
 OPERATIONS_DOC = ROOT / "docs" / "operations.md"
-# Where alerts.yml points runbook_url (an anchor per alert); `your-org` is replaced on deploy.
+# Where alerts.yml points runbook_url (an anchor per alert); docs/operations.md says how
+# to point it at your own copy ("Runbook links", a tested sed line).
 RUNBOOK_BASE = "https://github.com/your-org/webhook-bridge/blob/main/docs/operations.md"
 
 # The metric catalogue the processes promise (docs/metrics.md); histograms by base name.

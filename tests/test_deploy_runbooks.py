@@ -200,3 +200,29 @@ def test_dead_letter_runbook_dry_runs_the_dlq_replay_first() -> None:
         assert [a.dry_run for a in replays] == [True, False], (
             f"{rule['alert']}: list with --dry-run, then re-deliver"
         )
+
+
+def test_the_documented_runbook_base_rewrite_reaches_every_link(tmp_path: Path) -> None:
+    """docs/operations.md's `sed` line, run as printed on copies of the two rule files,
+    leaves no `your-org` link and keeps every alert's anchor."""
+    import shutil
+    import subprocess
+    import textwrap
+
+    from tests.deploy_support import ROOT, RUNBOOK_BASE
+
+    text = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    (block,) = re.findall(r"^( *)```sh\n(\1RUNBOOKS=.*?)^\1```", text, re.S | re.M)
+    script = textwrap.dedent(block[1])
+    base = re.search(r"RUNBOOKS=(\S+)", script)
+    assert base is not None
+    files = (Path("deploy/prometheus/alerts.yml"), Path("deploy/k8s/prometheusrule.yaml"))
+    for relative in files:
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / relative, tmp_path / relative)
+    subprocess.run(["bash", "-euc", script], cwd=tmp_path, check=True)
+    for relative in files:
+        rewritten = (tmp_path / relative).read_text(encoding="utf-8")
+        assert "your-org" not in rewritten, relative
+        links = (ROOT / relative).read_text(encoding="utf-8").count(RUNBOOK_BASE + "#")
+        assert links > 0 and rewritten.count(base.group(1) + "#") == links, relative
