@@ -157,6 +157,33 @@ class LatencyRun:
     min_total: float  # smallest arrival - produce time (>= window when honoured)
     sent: int
     cpu_us: dict[str, float]  # stage -> CPU microseconds per event during the run
+    transactions: dict[str, str]  # stage -> its transactions over the whole run, in words
+
+
+def stage_transactions(port: int) -> str:
+    """A stage's transactions so far, from its /metrics: how many, records per
+    transaction, mean time from begin to commit and of the commit protocol alone."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    sums: dict[str, float] = {}
+    for line in text.splitlines():
+        for name in (
+            "webhook_bridge_stage_transaction_duration_seconds_count",
+            "webhook_bridge_stage_transaction_duration_seconds_sum",
+            "webhook_bridge_stage_commit_duration_seconds_sum",
+            "webhook_bridge_stage_consumed_total",
+        ):
+            if line.startswith(name + "{"):
+                sums[name] = sums.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+    count = sums.get("webhook_bridge_stage_transaction_duration_seconds_count", 0.0)
+    if not count:
+        return "no transaction"
+    per = sums.get("webhook_bridge_stage_consumed_total", 0.0) / count
+    txn_ms = sums["webhook_bridge_stage_transaction_duration_seconds_sum"] / count * 1000
+    commit_ms = sums.get("webhook_bridge_stage_commit_duration_seconds_sum", 0.0) / count * 1000
+    return (
+        f"{count:.0f} txns, {per:.0f} records/txn, "
+        f"{txn_ms:.0f} ms each ({commit_ms:.0f} committing)"
+    )
 
 
 def latency(
@@ -229,6 +256,7 @@ def latency(
         read_until("lat", measured, seconds + 60)
         sender.join(10)
         cpu = {s: (cpu_seconds(p.pid) - cpu0[s]) / max(1, measured) * 1e6 for s, p in procs.items()}
+        transactions = {s: stage_transactions(port) for s, port in ports.items()}
         totals = list(received.values())
         return LatencyRun(
             window_s,
@@ -236,6 +264,7 @@ def latency(
             min(totals, default=float("nan")),
             measured,
             cpu,
+            transactions,
         )
     finally:
         reader.close()
@@ -417,7 +446,9 @@ def main() -> int:
                         f"{run.sent:,} events at {args.rate}/s, commit_interval_ms="
                         f"{args.latency_commit_ms}); window honoured: min raw->ordered "
                         f"{run.min_total * 1000:.1f} ms; CPU per event: "
-                        + ", ".join(f"{s} {us:.0f} us" for s, us in run.cpu_us.items()),
+                        + ", ".join(f"{s} {us:.0f} us" for s, us in run.cpu_us.items())
+                        + "; "
+                        + "; ".join(f"{s}: {t}" for s, t in run.transactions.items()),
                     )
                 )
         if "memory" in parts:
