@@ -167,6 +167,24 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds of each thread of a process, by thread name (librdkafka names its
+    threads rdk:main, rdk:broker<N>, ...; threads of one name are added up)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat", encoding="ascii") as stat:
+                head, rest = stat.read().rsplit(")", 1)
+        except OSError:
+            continue
+        fields = rest.split()
+        name = head.split("(", 1)[1]
+        name = re.sub(r"\d+$", "N", name) if name.startswith("rdk:broker") else name
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--duration", type=int, default=15)
@@ -193,6 +211,15 @@ def main() -> int:
         help="A/B: run the gateway from this checkout (a folder with gateway/ and schemas/, "
         "e.g. from `git archive REV`) as well, under NAME; repeatable. Variants run back "
         "to back in every round, in the order given; the default is this checkout alone",
+    )
+    parser.add_argument(
+        "--threads", action="store_true", help="also print each server thread's CPU per request"
+    )
+    parser.add_argument(
+        "--profile",
+        metavar="PY_SPY",
+        help="record each gateway run with this py-spy (collapsed stacks) into "
+        "/tmp/bench-profile-<run>.txt; the figures of such a run are not comparable",
     )
     add_broker_argument(parser)
     args = parser.parse_args()
@@ -314,11 +341,35 @@ secrets = ["JIKO_WEBHOOK_SECRET"]
                 if marker:  # fresh bodies: each gateway run's ids are counted apart
                     bodies = work / f"{marker}.txt"
                     write_requests(bodies, args.bodies, secret.encode(), run=marker)
-                cpu_before = cpu_seconds(server.pid)
+                cpu_before, threads_before = cpu_seconds(server.pid), thread_cpu(server.pid)
+                spy = None
+                if args.profile and marker:
+                    spy = subprocess.Popen(
+                        [
+                            *("taskset", "-c", str(LOAD_CORE), args.profile, "record"),
+                            *("--pid", str(server.pid), "--format", "raw", "--rate", "250"),
+                            *("--duration", str(args.duration), "--subprocesses"),
+                            *("--output", f"/tmp/bench-profile-{marker}.txt"),
+                        ],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
                 figures = run_wrk(url, bodies, args.duration, args.connections)
-                figures["cpu_us"] = (
-                    (cpu_seconds(server.pid) - cpu_before) / max(1, figures["requests"]) * 1e6
-                )
+                if spy is not None:
+                    spy.wait()
+                per_request = 1e6 / max(1, figures["requests"])
+                figures["cpu_us"] = (cpu_seconds(server.pid) - cpu_before) * per_request
+                if args.threads:
+                    threads = thread_cpu(server.pid)
+                    print(
+                        "  threads, us CPU/request: "
+                        + ", ".join(
+                            f"{n} {(t - threads_before.get(n, 0.0)) * per_request:.0f}"
+                            for n, t in sorted(threads.items(), key=lambda kv: -kv[1])
+                            if t - threads_before.get(n, 0.0) > 0
+                        ),
+                        flush=True,
+                    )
                 runs.append((label, marker, figures))
                 print(
                     f"{label}: {figures['rps']:.0f} req/s, p99 {figures['p99_ms']:.1f} ms, "
