@@ -20,7 +20,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import orjson
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -33,6 +33,7 @@ from gateway.errors import VerificationError
 from gateway.metrics import (
     NO_MODE,
     GatewayMetrics,
+    adder,
     broker_reachable_gauge,
     multiprocess_dir,
     multiprocess_registry,
@@ -128,7 +129,7 @@ class WebhookEndpoint:
         self.max_in_flight = settings.gateway.max_in_flight
         self.body_timeout_s = settings.gateway.body_timeout_s
         self.in_flight = 0
-        self._verified: dict[tuple[str, str, str, str], Counter] = {}
+        self._verified: dict[tuple[str, str, str, str], Callable[[float], None]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
@@ -142,8 +143,7 @@ class WebhookEndpoint:
             await self._send(send, status, body, extra, request_id)
             return
         per_source = self.metrics.by_source[source.name]
-        self.in_flight += 1
-        self.metrics.in_flight.inc()
+        self.in_flight += 1  # the in-flight gauge reads it (create_app)
         try:
             status, outcome, body, extra = await self._handle(
                 scope, receive, headers, source, request_id
@@ -160,9 +160,8 @@ class WebhookEndpoint:
             status, outcome, body, extra = self._answer("internal_error")
         finally:
             self.in_flight -= 1
-            self.metrics.in_flight.dec()
-        per_source.outcomes[outcome].inc()
-        per_source.request.observe(time.perf_counter() - started)
+        per_source.count_outcome[outcome](1)
+        per_source.observe_request(time.perf_counter() - started)
         await self._send(send, status, body, extra, request_id)
 
     @staticmethod
@@ -206,7 +205,7 @@ class WebhookEndpoint:
             return self._answer("too_large", close)
         except TimeoutError:
             return self._answer("too_slow", close)
-        per_source.body_size.observe(len(raw))
+        per_source.observe_body_size(len(raw))
         now = self.clock()
         try:
             verified = self.verifiers[source.name].verify(InboundRequest(headers, raw), now)
@@ -231,7 +230,7 @@ class WebhookEndpoint:
                 request_id=request_id,
             )
             return self._answer("unauthorized", reason="verifier_error")
-        self._verified_counter(source.name, verified.scheme, verified.key_id, verified.mode).inc()
+        self._count_verified(source.name, verified.scheme, verified.key_id, verified.mode)(1)
         if self.in_flight > self.max_in_flight:
             per_source.delivery_errors["queue_full"].inc()
             return self._unavailable()
@@ -254,7 +253,7 @@ class WebhookEndpoint:
                 topic, envelope.event_id.encode(), value, kafka_headers, source.deadline_s
             )
         except PublishError as exc:
-            per_source.publish[exc.reason].observe(time.perf_counter() - publish_started)
+            per_source.observe_publish[exc.reason](time.perf_counter() - publish_started)
             per_source.delivery_errors[exc.reason].inc()
             logs.warning(
                 "publish failed",
@@ -267,7 +266,7 @@ class WebhookEndpoint:
             if exc.reason == "too_large":
                 return self._answer("too_large_for_kafka")
             return self._unavailable()
-        per_source.publish["acknowledged"].observe(time.perf_counter() - publish_started)
+        per_source.observe_publish["acknowledged"](time.perf_counter() - publish_started)
         logs.debug(  # one line per published request at log_level = "debug"
             "published",
             source=source.name,
@@ -300,15 +299,15 @@ class WebhookEndpoint:
             [],
         )
 
-    def _verified_counter(
+    def _count_verified(
         self, source: str, scheme: str, key_id: str | None, mode: str | None
-    ) -> Counter:
+    ) -> Callable[[float], None]:
         labels = (source, scheme, key_id or "", mode or NO_MODE)
-        child = self._verified.get(labels)
-        if child is None:  # bounded: configured sources x their keys x scheme modes
+        inc = self._verified.get(labels)
+        if inc is None:  # bounded: configured sources x their keys x scheme modes
             # (pre-created from the config at start: a plugin may report more)
-            child = self._verified[labels] = self.metrics.verified.labels(*labels)
-        return child
+            inc = self._verified[labels] = adder(self.metrics.verified.labels(*labels))
+        return inc
 
     @staticmethod
     def _answer(
@@ -389,10 +388,13 @@ def create_app(
         """The gauges read from the publisher. One process reads them at each scrape; the
         workers of `--workers N` also write them every second for the others' scrapes."""
         metrics.queue.set(publisher.queue_depth())
+        metrics.in_flight.set(endpoint.in_flight)
         metrics.missing_topics.set(len(publisher.missing_topics))
         reachable.labels("gateway").set(float(publisher.broker_reachable))
 
     metrics.queue.set_function(publisher.queue_depth)
+    # Read, not counted: an inc() and a dec() per request cost more than the reading.
+    metrics.in_flight.set_function(lambda: endpoint.in_flight)
     metrics.missing_topics.set_function(lambda: len(publisher.missing_topics))
     workers = multiprocess_dir() is not None
     publisher.on_rebuild.append(metrics.rebuilds.inc)

@@ -435,12 +435,12 @@ secrets = ["JIKO_WEBHOOK_SECRET"]
         if not marker:
             continue
         acknowledged = r["requests"] - r["non2xx"]
-        found = len(in_kafka.get(marker, set()))
-        lost = lost or found < acknowledged
+        stored = len(in_kafka.get(marker, set()))
+        lost = lost or stored < acknowledged
         print(
             f"{label} ({marker}): acknowledged (2xx) {acknowledged:.0f}; distinct ids in Kafka "
-            f"{found} -> "
-            + ("every acknowledged id is in Kafka" if found >= acknowledged else "MISSING")
+            f"{stored} -> "
+            + ("every acknowledged id is in Kafka" if stored >= acknowledged else "MISSING")
         )
     return 1 if lost else 0
 

@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, runs in results.items():
 
             def med(key: str, runs: list[dict[str, Any]] = runs) -> float:
-                return statistics.median(r[key] for r in runs)
+                return float(statistics.median(r[key] for r in runs))
 
             print(
                 f"  {name}: {med('rate'):.0f}/s, p50 {med('p50_ms'):.1f} ms, p99 "
