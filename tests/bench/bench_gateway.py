@@ -185,6 +185,28 @@ def thread_cpu(pid: int) -> dict[str, float]:
     return out
 
 
+def gateway_means(base: str) -> dict[str, float]:
+    """Mean publish and request durations in ms from the gateway's /metrics."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"{base}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    sums: dict[str, float] = {}
+    for line in text.splitlines():
+        for metric in ("publish", "request"):
+            name = f"webhook_bridge_gateway_{metric}_duration_seconds"
+            if line.startswith((f"{name}_sum", f"{name}_count")) and (
+                metric == "request" or 'outcome="acknowledged"' in line
+            ):
+                kind = "sum" if line.startswith(f"{name}_sum") else "count"
+                key = f"{metric}_{kind}"
+                sums[key] = sums.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
+    return {
+        f"{m}_ms": sums.get(f"{m}_sum", 0.0) / max(1.0, sums.get(f"{m}_count", 0.0)) * 1e3
+        for m in ("publish", "request")
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--duration", type=int, default=15)
@@ -370,10 +392,18 @@ secrets = ["JIKO_WEBHOOK_SECRET"]
                         ),
                         flush=True,
                     )
+                if marker:  # the gateway's own view: mean publish (produce -> ack) and request
+                    figures.update(gateway_means(base))
                 runs.append((label, marker, figures))
+                means = (
+                    f", mean publish {figures['publish_ms']:.1f} ms of a mean request "
+                    f"{figures['request_ms']:.1f} ms (the gateway's histograms, warm-up included)"
+                    if marker
+                    else ""
+                )
                 print(
                     f"{label}: {figures['rps']:.0f} req/s, p99 {figures['p99_ms']:.1f} ms, "
-                    f"{figures['cpu_us']:.0f} us CPU/request",
+                    f"{figures['cpu_us']:.0f} us CPU/request{means}",
                     flush=True,
                 )
             finally:
