@@ -8,7 +8,8 @@ benchmark), the broker on core 1. ``--concurrency`` coroutines on one uvloop eac
 publish envelope-sized values with the gateway's seven ``ce_*`` headers and wait for
 the acknowledgement, spending ``--work-us`` of CPU before each publish (what the
 rest of a request costs), so the loop is as busy as a gateway's and batches are as
-large. Each variant overrides producer settings (``--variant linger5=linger.ms:5``);
+large. Each variant overrides producer settings (``--variant linger5=linger.ms:5``;
+``poll:thread`` polls from a thread instead of the loop's timer);
 the variants run back to back in every round. Prints publishes/s, p50/p99 of the
 publish, and CPU per publish by thread (python: the loop; rdk:*: librdkafka's).
 """
@@ -17,10 +18,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import gc
 import os
 import re
 import statistics
+import threading
 import time
 from typing import Any
 
@@ -39,6 +42,57 @@ HEADERS = [
     ("ce_subject", b"jiko"),
     ("content-type", b"application/avro"),
 ]
+
+
+class ThreadPolledPublisher(Publisher):
+    """The alternative to the loop's poll timer (variant ``poll=thread``): a thread blocks
+    in ``poll()`` (without the GIL while it waits), its delivery reports only collect the
+    finished futures, and one ``call_soon_threadsafe`` per batch resolves them on the loop."""
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._reports: collections.deque[tuple[Any, Any, Any]] = collections.deque()
+        self._running = True
+        super().start(loop)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._poller = threading.Thread(target=self._poll_forever, daemon=True)
+        self._poller.start()
+
+    def close(self, timeout_s: float = 10.0) -> int:
+        self._running = False
+        self._poller.join()
+        return super().close(timeout_s)
+
+    def _poll_forever(self) -> None:
+        while self._running:
+            self._producer.poll(0.05)
+
+    def _schedule(self, delay: float) -> None:  # no loop timer: the thread polls
+        return None
+
+    def _produce_outbox(self) -> None:
+        timer, self._timer = self._timer, None
+        super()._produce_outbox()
+        self._timer = timer
+
+    def _reporter(self, future: Any, pending: Any) -> Any:
+        resolve = super()._reporter(future, pending)
+        reports, loop = self._reports, self._loop
+        assert loop is not None
+
+        def on_delivery(err: Any, msg: Any) -> None:  # on the poll thread
+            reports.append((resolve, err, msg))
+            if len(reports) == 1:
+                loop.call_soon_threadsafe(self._resolve_reports)
+
+        return on_delivery
+
+    def _resolve_reports(self) -> None:
+        reports = self._reports
+        while reports:  # what the thread appends meanwhile is resolved here too
+            resolve, err, msg = reports.popleft()
+            resolve(err, msg)
 
 
 def thread_cpu() -> dict[tuple[str, str], float]:
@@ -70,7 +124,8 @@ def run_variant(
 ) -> dict[str, Any]:
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
-    publisher = Publisher(config, [topic])
+    poll = config.pop("poll", "loop")
+    publisher = (ThreadPolledPublisher if poll == "thread" else Publisher)(config, [topic])
     publisher.start(loop)
     publisher.check_broker(5.0)
     value = os.urandom(1100)
