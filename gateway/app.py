@@ -15,6 +15,7 @@ import asyncio
 import os
 import re
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -97,6 +98,61 @@ async def read_body(receive: Receive, limit: int) -> bytes:
             return b"".join(chunks)
 
 
+class _Reading:
+    __slots__ = ("cancelling", "due", "expired", "task")
+
+    def __init__(self, due: float, task: asyncio.Task[object] | None) -> None:
+        self.due = due
+        self.task = task  # None once the read ended
+        self.cancelling = task.cancelling() if task is not None else 0
+        self.expired = False
+
+
+class BodyDeadlines:
+    """`asyncio.timeout` for body reads, with one timer for all of them: a timeout's own
+    timer (armed and cancelled per request) cost more than the rest of reading a body
+    that is already there, as it nearly always is. Reads are due in the order they
+    began (one `timeout_s`), so a deque holds them and one timer, at the first due time
+    plus `slack_s`, cancels every overdue read; `read` turns that cancellation into a
+    TimeoutError as asyncio.timeout does. A read ends at most `slack_s` late."""
+
+    def __init__(self, timeout_s: float, slack_s: float = 0.05) -> None:
+        self.timeout_s = timeout_s
+        self.slack_s = min(slack_s, timeout_s / 4)
+        self._due: deque[_Reading] = deque()
+        self._timer: asyncio.TimerHandle | None = None
+
+    async def read(self, receive: Receive, limit: int) -> bytes:
+        """`read_body(receive, limit)`, or TimeoutError once `timeout_s` has passed."""
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        due = self._due
+        while due and due[0].task is None:  # reads that ended: nothing to watch there
+            due.popleft()
+        reading = _Reading(loop.time() + self.timeout_s, task)
+        due.append(reading)
+        if self._timer is None:
+            self._timer = loop.call_at(reading.due + self.slack_s, self._sweep)
+        try:
+            return await read_body(receive, limit)
+        except asyncio.CancelledError:
+            if reading.expired and task is not None and task.uncancel() <= reading.cancelling:
+                raise TimeoutError from None
+            raise
+        finally:
+            reading.task = None
+
+    def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        now, due = loop.time(), self._due
+        while due and (due[0].due <= now or due[0].task is None):
+            reading = due.popleft()
+            if reading.task is not None:
+                reading.expired = True
+                reading.task.cancel()
+        self._timer = loop.call_at(due[0].due + self.slack_s, self._sweep) if due else None
+
+
 def _headers(scope: Scope) -> dict[str, str]:
     out: dict[str, str] = {}
     for raw_name, raw_value in scope["headers"]:
@@ -128,6 +184,7 @@ class WebhookEndpoint:
         self.clock = clock
         self.max_in_flight = settings.gateway.max_in_flight
         self.body_timeout_s = settings.gateway.body_timeout_s
+        self.body_deadlines = BodyDeadlines(self.body_timeout_s)
         self.in_flight = 0
         self._verified: dict[tuple[str, str, str, str], Callable[[float], None]] = {}
 
@@ -199,8 +256,7 @@ class WebhookEndpoint:
         if declared.isdigit() and int(declared) > source.body_limit:
             return self._answer("too_large", close)
         try:
-            async with asyncio.timeout(self.body_timeout_s):
-                raw = await read_body(receive, source.body_limit)
+            raw = await self.body_deadlines.read(receive, source.body_limit)
         except _BodyTooLarge:
             return self._answer("too_large", close)
         except TimeoutError:
