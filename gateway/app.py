@@ -441,8 +441,9 @@ def create_app(
     reachable = broker_reachable_gauge(registry, "gateway", lambda: publisher.broker_reachable)
 
     def refresh_gauges() -> None:
-        """The gauges read from the publisher. One process reads them at each scrape; the
-        workers of `--workers N` also write them every second for the others' scrapes."""
+        """The gauges read from the publisher and the endpoint. One process reads them at
+        each scrape; the workers of `--workers N` also write them every second for the
+        others' scrapes."""
         metrics.queue.set(publisher.queue_depth())
         metrics.in_flight.set(endpoint.in_flight)
         metrics.missing_topics.set(len(publisher.missing_topics))
