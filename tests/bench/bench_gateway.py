@@ -332,7 +332,13 @@ secrets = ["JIKO_WEBHOOK_SECRET"]
                         label = f"{name}: full path to Kafka ack" + (
                             f", {workers} workers on cores {cores}" if workers > 1 else ""
                         )
-                        argv = python("-m", "gateway.cli", "gateway", "--config", str(config)) + (
+                        # the CLI moved to the deploy package; older checkouts have it in gateway
+                        cli = (
+                            "deploy.cli"
+                            if os.path.exists(os.path.join(checkout, "deploy", "cli.py"))
+                            else "gateway.cli"
+                        )
+                        argv = python("-m", cli, "gateway", "--config", str(config)) + (
                             ["--workers", str(workers)] if workers > 1 else []
                         )
                         plan.append((label, argv, gateway_port, cores, checkout, f"m{len(plan)}"))
