@@ -121,12 +121,16 @@ class BodyDeadlines:
         self.slack_s = min(slack_s, timeout_s / 4)
         self._due: deque[_Reading] = deque()
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_loop: asyncio.AbstractEventLoop | None = None  # a new loop arms anew
 
     async def read(self, receive: Receive, limit: int) -> bytes:
         """`read_body(receive, limit)`, or TimeoutError once `timeout_s` has passed."""
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         due = self._due
+        if self._timer_loop is not loop:  # another loop's reads and timer are not ours
+            due.clear()
+            self._timer, self._timer_loop = None, loop
         while due and due[0].task is None:  # reads that ended: nothing to watch there
             due.popleft()
         reading = _Reading(loop.time() + self.timeout_s, task)
@@ -145,12 +149,16 @@ class BodyDeadlines:
     def _sweep(self) -> None:
         loop = asyncio.get_running_loop()
         now, due = loop.time(), self._due
-        while due and (due[0].due <= now or due[0].task is None):
-            reading = due.popleft()
-            if reading.task is not None:
-                reading.expired = True
-                reading.task.cancel()
-        self._timer = loop.call_at(due[0].due + self.slack_s, self._sweep) if due else None
+        self._timer = None
+        try:
+            while due and (due[0].due <= now or due[0].task is None):
+                reading = due.popleft()
+                if reading.task is not None:
+                    reading.expired = True
+                    reading.task.cancel()
+        finally:  # whatever happened, the reads still due keep a timer
+            if due:
+                self._timer = loop.call_at(due[0].due + self.slack_s, self._sweep)
 
 
 def _headers(scope: Scope) -> dict[str, str]:
