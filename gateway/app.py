@@ -1,4 +1,5 @@
-"""The gateway: `create_app(settings)` builds the Starlette app; nothing runs at import.
+"""The gateway: `create_app(settings)` builds the app (Starlette, with the webhook POST
+dispatched in front of it: `GatewayApp`); nothing runs at import.
 
     POST /webhooks/{source}   read (capped) -> verify -> normalise -> Avro -> produce -> ack
     GET  /healthz             the process is alive
@@ -14,12 +15,13 @@ import asyncio
 import os
 import re
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import orjson
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -29,6 +31,7 @@ from starlette.types import Receive, Scope, Send
 from gateway.metrics import (
     NO_MODE,
     GatewayMetrics,
+    adder,
     multiprocess_dir,
     multiprocess_registry,
     verified_labels,
@@ -95,6 +98,69 @@ async def read_body(receive: Receive, limit: int) -> bytes:
             return b"".join(chunks)
 
 
+class _Reading:
+    __slots__ = ("cancelling", "due", "expired", "task")
+
+    def __init__(self, due: float, task: asyncio.Task[object] | None) -> None:
+        self.due = due
+        self.task = task  # None once the read ended
+        self.cancelling = task.cancelling() if task is not None else 0
+        self.expired = False
+
+
+class BodyDeadlines:
+    """`asyncio.timeout` for body reads, with one timer for all of them: a timeout's own
+    timer (armed and cancelled per request) cost more than the rest of reading a body
+    that is already there, as it nearly always is. Reads are due in the order they
+    began (one `timeout_s`), so a deque holds them and one timer, at the first due time
+    plus `slack_s`, cancels every overdue read; `read` turns that cancellation into a
+    TimeoutError as asyncio.timeout does. A read ends at most `slack_s` late."""
+
+    def __init__(self, timeout_s: float, slack_s: float = 0.05) -> None:
+        self.timeout_s = timeout_s
+        self.slack_s = min(slack_s, timeout_s / 4)
+        self._due: deque[_Reading] = deque()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_loop: asyncio.AbstractEventLoop | None = None  # a new loop arms anew
+
+    async def read(self, receive: Receive, limit: int) -> bytes:
+        """`read_body(receive, limit)`, or TimeoutError once `timeout_s` has passed."""
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        due = self._due
+        if self._timer_loop is not loop:  # another loop's reads and timer are not ours
+            due.clear()
+            self._timer, self._timer_loop = None, loop
+        while due and due[0].task is None:  # reads that ended: nothing to watch there
+            due.popleft()
+        reading = _Reading(loop.time() + self.timeout_s, task)
+        due.append(reading)
+        if self._timer is None:
+            self._timer = loop.call_at(reading.due + self.slack_s, self._sweep)
+        try:
+            return await read_body(receive, limit)
+        except asyncio.CancelledError:
+            if reading.expired and task is not None and task.uncancel() <= reading.cancelling:
+                raise TimeoutError from None
+            raise
+        finally:
+            reading.task = None
+
+    def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        now, due = loop.time(), self._due
+        self._timer = None
+        try:
+            while due and (due[0].due <= now or due[0].task is None):
+                reading = due.popleft()
+                if reading.task is not None:
+                    reading.expired = True
+                    reading.task.cancel()
+        finally:  # whatever happened, the reads still due keep a timer
+            if due:
+                self._timer = loop.call_at(due[0].due + self.slack_s, self._sweep)
+
+
 def _headers(scope: Scope) -> dict[str, str]:
     out: dict[str, str] = {}
     for raw_name, raw_value in scope["headers"]:
@@ -105,7 +171,8 @@ def _headers(scope: Scope) -> dict[str, str]:
 
 
 class WebhookEndpoint:
-    """The hot path, as a plain ASGI app routed by Starlette."""
+    """The hot path, as a plain ASGI app (`GatewayApp` calls it for a POST; Starlette's
+    routes for any other method)."""
 
     def __init__(
         self,
@@ -125,8 +192,9 @@ class WebhookEndpoint:
         self.clock = clock
         self.max_in_flight = settings.gateway.max_in_flight
         self.body_timeout_s = settings.gateway.body_timeout_s
+        self.body_deadlines = BodyDeadlines(self.body_timeout_s)
         self.in_flight = 0
-        self._verified: dict[tuple[str, str, str, str], Counter] = {}
+        self._verified: dict[tuple[str, str, str, str], Callable[[float], None]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
@@ -140,8 +208,7 @@ class WebhookEndpoint:
             await self._send(send, status, body, extra, request_id)
             return
         per_source = self.metrics.by_source[source.name]
-        self.in_flight += 1
-        self.metrics.in_flight.inc()
+        self.in_flight += 1  # the in-flight gauge reads it (create_app)
         try:
             status, outcome, body, extra = await self._handle(
                 scope, receive, headers, source, request_id
@@ -158,9 +225,8 @@ class WebhookEndpoint:
             status, outcome, body, extra = self._answer("internal_error")
         finally:
             self.in_flight -= 1
-            self.metrics.in_flight.dec()
-        per_source.outcomes[outcome].inc()
-        per_source.request.observe(time.perf_counter() - started)
+        per_source.count_outcome[outcome](1)
+        per_source.observe_request(time.perf_counter() - started)
         await self._send(send, status, body, extra, request_id)
 
     @staticmethod
@@ -198,13 +264,12 @@ class WebhookEndpoint:
         if declared.isdigit() and int(declared) > source.body_limit:
             return self._answer("too_large", close)
         try:
-            async with asyncio.timeout(self.body_timeout_s):
-                raw = await read_body(receive, source.body_limit)
+            raw = await self.body_deadlines.read(receive, source.body_limit)
         except _BodyTooLarge:
             return self._answer("too_large", close)
         except TimeoutError:
             return self._answer("too_slow", close)
-        per_source.body_size.observe(len(raw))
+        per_source.observe_body_size(len(raw))
         now = self.clock()
         try:
             verified = self.verifiers[source.name].verify(InboundRequest(headers, raw), now)
@@ -229,7 +294,7 @@ class WebhookEndpoint:
                 request_id=request_id,
             )
             return self._answer("unauthorized", reason="verifier_error")
-        self._verified_counter(source.name, verified.scheme, verified.key_id, verified.mode).inc()
+        self._count_verified(source.name, verified.scheme, verified.key_id, verified.mode)(1)
         if self.in_flight > self.max_in_flight:
             per_source.delivery_errors["queue_full"].inc()
             return self._unavailable()
@@ -252,7 +317,7 @@ class WebhookEndpoint:
                 topic, envelope.event_id.encode(), value, kafka_headers, source.deadline_s
             )
         except PublishError as exc:
-            per_source.publish[exc.reason].observe(time.perf_counter() - publish_started)
+            per_source.observe_publish[exc.reason](time.perf_counter() - publish_started)
             per_source.delivery_errors[exc.reason].inc()
             logs.warning(
                 "publish failed",
@@ -265,7 +330,7 @@ class WebhookEndpoint:
             if exc.reason == "too_large":
                 return self._answer("too_large_for_kafka")
             return self._unavailable()
-        per_source.publish["acknowledged"].observe(time.perf_counter() - publish_started)
+        per_source.observe_publish["acknowledged"](time.perf_counter() - publish_started)
         logs.debug(  # one line per published request at log_level = "debug"
             "published",
             source=source.name,
@@ -298,15 +363,15 @@ class WebhookEndpoint:
             [],
         )
 
-    def _verified_counter(
+    def _count_verified(
         self, source: str, scheme: str, key_id: str | None, mode: str | None
-    ) -> Counter:
+    ) -> Callable[[float], None]:
         labels = (source, scheme, key_id or "", mode or NO_MODE)
-        child = self._verified.get(labels)
-        if child is None:  # bounded: configured sources x their keys x scheme modes
+        inc = self._verified.get(labels)
+        if inc is None:  # bounded: configured sources x their keys x scheme modes
             # (pre-created from the config at start: a plugin may report more)
-            child = self._verified[labels] = self.metrics.verified.labels(*labels)
-        return child
+            inc = self._verified[labels] = adder(self.metrics.verified.labels(*labels))
+        return inc
 
     @staticmethod
     def _answer(
@@ -317,6 +382,35 @@ class WebhookEndpoint:
 
     def _unavailable(self) -> tuple[int, str, dict[str, str], list[tuple[bytes, bytes]]]:
         return self._answer("unavailable", [(b"retry-after", RETRY_AFTER_S.encode())])
+
+
+WEBHOOKS_PREFIX = "/webhooks/"
+
+
+class GatewayApp(Starlette):
+    """Starlette, with the webhook POST dispatched before its middleware stack and router.
+
+    A ``POST /webhooks/{source}`` (or ``.../{source}/``) goes straight to the endpoint:
+    Starlette's error and exception middleware, its router and the route's regex would
+    add about a tenth of a request's CPU, and the endpoint answers every situation
+    itself (`ANSWERS`). Everything else (other methods, other paths, the lifespan, a
+    mounted root path) is Starlette's, through the same routes as before."""
+
+    webhook: WebhookEndpoint
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
+            path: str = scope["path"]
+            if path.startswith(WEBHOOKS_PREFIX):
+                source = path[len(WEBHOOKS_PREFIX) :]
+                if source.endswith("/"):
+                    source = source[:-1]
+                if source and "/" not in source:  # what the routes' {source} matches
+                    scope["app"] = self
+                    scope["path_params"] = {"source": source}
+                    await self.webhook(scope, receive, send)
+                    return
+        await super().__call__(scope, receive, send)
 
 
 async def _every(interval_s: float, action: Callable[[], None]) -> None:
@@ -337,7 +431,7 @@ def create_app(
     publisher: Publisher | None = None,
     registry: CollectorRegistry | None = None,
     serializer: EnvelopeSerializer | None = None,
-) -> Starlette:
+) -> GatewayApp:
     registry = registry if registry is not None else CollectorRegistry()
     verifiers = build_verifiers(settings)  # reads the secrets: a ConfigError here
     metrics = GatewayMetrics(
@@ -355,13 +449,17 @@ def create_app(
     reachable = broker_reachable_gauge(registry, "gateway", lambda: publisher.broker_reachable)
 
     def refresh_gauges() -> None:
-        """The gauges read from the publisher. One process reads them at each scrape; the
-        workers of `--workers N` also write them every second for the others' scrapes."""
+        """The gauges read from the publisher and the endpoint. One process reads them at
+        each scrape; the workers of `--workers N` also write them every second for the
+        others' scrapes."""
         metrics.queue.set(publisher.queue_depth())
+        metrics.in_flight.set(endpoint.in_flight)
         metrics.missing_topics.set(len(publisher.missing_topics))
         reachable.labels("gateway").set(float(publisher.broker_reachable))
 
     metrics.queue.set_function(publisher.queue_depth)
+    # Read, not counted: an inc() and a dec() per request cost more than the reading.
+    metrics.in_flight.set_function(lambda: endpoint.in_flight)
     metrics.missing_topics.set_function(lambda: len(publisher.missing_topics))
     workers = multiprocess_dir() is not None
     publisher.on_rebuild.append(metrics.rebuilds.inc)
@@ -414,7 +512,8 @@ def create_app(
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = GatewayApp(routes=routes, lifespan=lifespan)
+    app.webhook = endpoint
     app.router.redirect_slashes = False  # anything else unknown is a 404, never a 307
     app.state.publisher = publisher
     app.state.metrics = metrics

@@ -10,9 +10,10 @@ verifier can report), so every series exists from the first scrape.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from bisect import bisect_left
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -91,9 +92,39 @@ def verified_labels(source: SourceSettings, verifier: Verifier) -> list[tuple[st
 SIZE_BUCKETS = (256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304)
 
 
+def adder(child: Counter | Gauge) -> Callable[[float], None]:
+    """The labelled child's value store's own ``inc(amount)``: what ``Counter.inc`` ends in,
+    without its per-call checks (label values bound, amount >= 0, exemplar), which the
+    hot path settles once. Same series, same store (a process's mutexed float, or the
+    worker's mmap file in multiprocess mode); `tests/test_metrics.py` holds the two to
+    the same samples."""
+    value: Any = child._value  # prometheus-client's store
+    inc: Callable[[float], None] = value.inc
+    return inc
+
+
+class Observer:
+    """A labelled histogram child's ``observe(amount)``, as prometheus-client does it (the
+    sum, then the first bucket whose bound holds the amount: buckets are stored apart
+    and added up at collection), with a bisection instead of its loop over the bounds."""
+
+    __slots__ = ("_bounds", "_buckets", "_sum")
+
+    def __init__(self, child: Histogram) -> None:
+        internals: Any = child
+        self._bounds: list[float] = list(internals._upper_bounds)  # ends with +Inf
+        self._buckets: list[Callable[[float], None]] = [b.inc for b in internals._buckets]
+        self._sum: Callable[[float], None] = internals._sum.inc
+
+    def observe(self, amount: float) -> None:
+        self._sum(amount)
+        self._buckets[bisect_left(self._bounds, amount)](1)
+
+
 @dataclass
 class SourceMetrics:
-    """Pre-bound children for one source: the hot path does no label lookups."""
+    """Pre-bound children for one source: the hot path does no label lookups. The
+    ``count_*``/``observe_*`` fields are the same children's fast entry points."""
 
     outcomes: dict[str, Counter]
     failures: dict[str, Counter]
@@ -102,6 +133,16 @@ class SourceMetrics:
     body_size: Histogram
     delivery_errors: dict[str, Counter]
     fallbacks: dict[str, Counter]
+    count_outcome: dict[str, Callable[[float], None]] = field(init=False)
+    observe_publish: dict[str, Callable[[float], None]] = field(init=False)
+    observe_request: Callable[[float], None] = field(init=False)
+    observe_body_size: Callable[[float], None] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.count_outcome = {o: adder(c) for o, c in self.outcomes.items()}
+        self.observe_publish = {o: Observer(h).observe for o, h in self.publish.items()}
+        self.observe_request = Observer(self.request).observe
+        self.observe_body_size = Observer(self.body_size).observe
 
 
 class GatewayMetrics:

@@ -42,6 +42,7 @@ FIELDS = ("id", "type", "occurred_at", "ordering_key")  # the fields selectors f
 _MIN_US = 0
 _MAX_US = 7_258_118_400_000_000  # 2200-01-01
 _FRACTION = re.compile(r"(\.\d{1,6})\d*")
+_LONG_FRACTION = re.compile(r"\.\d{7}")  # what _FRACTION cuts: more than 6 digits
 _INTEGER = re.compile(r"[+-]?[0-9]+")
 
 
@@ -219,14 +220,19 @@ def _int_micros(value: int) -> int:
 
 
 def _parse_time_text(text: str) -> int | None:
-    if _INTEGER.fullmatch(text):  # integer arithmetic keeps nanosecond precision
-        return parse_time(int(text)) if len(text) <= 21 else None
+    # "YYYY-MM-..." is no number (a number has at most one "-" past its sign): straight to
+    # the date parser, without the failed int and float attempts of every ISO time.
+    if not (text[4:5] == "-" and text[7:8] == "-"):
+        if _INTEGER.fullmatch(text):  # integer arithmetic keeps nanosecond precision
+            return parse_time(int(text)) if len(text) <= 21 else None
+        try:
+            return parse_time(float(text))
+        except ValueError:
+            pass
+    if _LONG_FRACTION.search(text):  # only then does the cut change anything
+        text = _FRACTION.sub(r"\1", text)
     try:
-        return parse_time(float(text))
-    except ValueError:
-        pass
-    try:
-        parsed = datetime.fromisoformat(_FRACTION.sub(r"\1", text))
+        parsed = datetime.fromisoformat(text)
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=UTC)
         micros = int(parsed.timestamp()) * 1_000_000 + parsed.microsecond

@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -110,6 +111,8 @@ class Publisher:
         self._outbox: list[
             tuple[str, bytes, bytes, list[tuple[str, bytes]], asyncio.Future[None]]
         ] = []
+        # per deadline (a source's deadline_s): (when it is due, the request's future)
+        self._deadlines: dict[float, deque[tuple[float, asyncio.Future[None]]]] = {}
         self._rebuild_requested = False
         self._timeouts_in_a_row = 0
         self._stuck_since: float | None = None  # first timeout of the current run
@@ -191,11 +194,23 @@ class Publisher:
         if not self._outbox:
             loop.call_soon(self._produce_outbox)
         self._outbox.append((topic, key, value, headers, future))
-        timeout = loop.call_later(deadline_s, self._expire, future, deadline_s)
-        try:
-            await future
-        finally:
-            timeout.cancel()
+        # No timer per request (a timer's start and cancel cost more than the rest of
+        # publish()): the poll tick expires what is due, within BUSY_POLL_S of the deadline
+        # (while anything is in flight the tick runs every BUSY_POLL_S).
+        due = self._deadlines.get(deadline_s)
+        if due is None:
+            due = self._deadlines[deadline_s] = deque()
+        due.append((loop.time() + deadline_s, future))
+        await future
+
+    def _expire_due(self, now: float) -> None:
+        """Fail every future whose deadline has passed (each deque is in deadline order:
+        one deadline per deque, appended as requests came)."""
+        for deadline_s, due in self._deadlines.items():
+            while due and due[0][0] <= now:
+                _, future = due.popleft()
+                if not future.done():
+                    self._expire(future, deadline_s)
 
     def _expire(self, future: asyncio.Future[None], deadline_s: float) -> None:
         if future.done():
@@ -289,6 +304,7 @@ class Publisher:
             self._producer.poll(0)
         except Exception as exc:  # never let the poll timer die
             logs.error("producer poll failed", error=type(exc).__name__)
+        self._expire_due(self._loop_time())
         if self._rebuild_requested:
             self._rebuild()
         busy = bool(self._pending) or len(self._producer) > 0

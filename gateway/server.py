@@ -55,6 +55,9 @@ def uvicorn_config(app: Any, settings: Settings, host: str, port: int, **overrid
         # httptools, with a deadline and size limits on the request head (gateway.connections)
         "http": guarded_protocol(settings.gateway),
         "lifespan": "on",
+        # Nothing reads the client address or scheme: uvicorn's X-Forwarded-* rewriting
+        # would only wrap every request in one more ASGI call.
+        "proxy_headers": False,
         "workers": 1,
         **overrides,
     }

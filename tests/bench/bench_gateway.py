@@ -13,6 +13,12 @@ this is a count; requests still in flight when wrk stops (at most one per
 connection) may add ids that were never acknowledged.
 
     python -m tests.bench.bench_gateway [--duration 15] [--connections 64]
+    python -m tests.bench.bench_gateway --targets gateway --rounds 3 \
+        --variant before=/tmp/ab/base --variant after=.      # A/B, back to back
+    python -m tests.bench.bench_gateway --targets peer,gateway --workers 1,2
+
+Every run also prints the server's CPU per request (its process and any workers, all
+threads, librdkafka's included), which varies less than req/s on a shared machine.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import os
 import re
 import secrets
 import shutil
+import statistics
 import subprocess
 import tempfile
 import time
@@ -137,15 +144,113 @@ def run_wrk(url: str, requests_file: Path, duration_s: int, connections: int) ->
     }
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and of every descendant (the workers of
+    `--workers N`), all threads included, from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parents: dict[int, list[int]] = {}
+    times: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(entry))
+        times[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        total += times.get(current, 0.0)
+        todo += parents.get(current, [])
+    return total
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds of each thread of a process, by thread name (librdkafka names its
+    threads rdk:main, rdk:broker<N>, ...; threads of one name are added up)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat", encoding="ascii") as stat:
+                head, rest = stat.read().rsplit(")", 1)
+        except OSError:
+            continue
+        fields = rest.split()
+        name = head.split("(", 1)[1]
+        name = re.sub(r"\d+$", "N", name) if name.startswith("rdk:broker") else name
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def gateway_means(base: str) -> dict[str, float]:
+    """Mean publish and request durations in ms from the gateway's /metrics."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"{base}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    sums: dict[str, float] = {}
+    for line in text.splitlines():
+        for metric in ("publish", "request"):
+            name = f"webhook_bridge_gateway_{metric}_duration_seconds"
+            if line.startswith((f"{name}_sum", f"{name}_count")) and (
+                metric == "request" or 'outcome="acknowledged"' in line
+            ):
+                kind = "sum" if line.startswith(f"{name}_sum") else "count"
+                key = f"{metric}_{kind}"
+                sums[key] = sums.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
+    return {
+        f"{m}_ms": sums.get(f"{m}_sum", 0.0) / max(1.0, sums.get(f"{m}_count", 0.0)) * 1e3
+        for m in ("publish", "request")
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--duration", type=int, default=15)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--bodies", type=int, default=250_000)
+    parser.add_argument(
+        "--targets",
+        default="ceiling,peer,gateway",
+        help="comma-separated, in the order run each round: ceiling, peer, gateway",
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="run every target this often")
+    parser.add_argument(
+        "--workers",
+        default="1",
+        help="gateway worker counts to run, comma-separated (1: pinned to core 0 like the "
+        "others; N > 1: `gateway --workers N` on every core, sharing them with wrk and "
+        "the broker)",
+    )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=CHECKOUT",
+        help="A/B: run the gateway from this checkout (a folder with gateway/ and schemas/, "
+        "e.g. from `git archive REV`) as well, under NAME; repeatable. Variants run back "
+        "to back in every round, in the order given; the default is this checkout alone",
+    )
+    parser.add_argument(
+        "--threads", action="store_true", help="also print each server thread's CPU per request"
+    )
+    parser.add_argument(
+        "--profile",
+        metavar="PY_SPY",
+        help="record each gateway run with this py-spy (collapsed stacks) into "
+        "/tmp/bench-profile-<run>.txt; the figures of such a run are not comparable",
+    )
     add_broker_argument(parser)
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (make bench installs it: apt-get install wrk)")
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    worker_counts = [int(w) for w in args.workers.split(",")]
+    variants = [tuple(v.split("=", 1)) for v in args.variant] or [("gateway", REPO)]
     secret = secrets.token_urlsafe(24)
     os.environ["JIKO_WEBHOOK_SECRET"] = secret
     work = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
@@ -178,115 +283,203 @@ secrets = ["JIKO_WEBHOOK_SECRET"]
     warmup, measured = work / "warmup.txt", work / "requests.txt"
     write_requests(warmup, 20_000, secret.encode(), run="warmup")
     body_size = write_requests(measured, args.bodies, secret.encode())
-    results: dict[str, dict[str, float]] = {}
+
+    def uvicorn_app(app: str, port: int) -> list[str]:
+        return python(
+            "-m",
+            "uvicorn",
+            app,
+            "--port",
+            str(port),
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        )
+
+    # (label, argv, port, cores, checkout, run marker of its bodies or "")
+    plan: list[tuple[str, list[str], int, str, str, str]] = []
+    for _ in range(args.rounds):
+        for target in targets:
+            if target == "ceiling":
+                plan.append(
+                    (
+                        "ceiling: bare Starlette + HMAC",
+                        uvicorn_app("tests.bench.ceiling_app:app", ceiling_port),
+                        ceiling_port,
+                        str(SERVER_CORE),
+                        REPO,
+                        "",
+                    )
+                )
+            elif target == "peer":
+                plan.append(
+                    (
+                        "peer: naive Starlette + confluent-kafka",
+                        uvicorn_app("tests.bench.peer_app:app", peer_port),
+                        peer_port,
+                        str(SERVER_CORE),
+                        REPO,
+                        "",
+                    )
+                )
+            elif target == "gateway":
+                for workers in worker_counts:
+                    for name, checkout in variants:
+                        cores = str(SERVER_CORE) if workers == 1 else f"{SERVER_CORE},{LOAD_CORE}"
+                        label = f"{name}: full path to Kafka ack" + (
+                            f", {workers} workers on cores {cores}" if workers > 1 else ""
+                        )
+                        # the CLI moved to the deploy package; older checkouts have it in gateway
+                        cli = (
+                            "deploy.cli"
+                            if os.path.exists(os.path.join(checkout, "deploy", "cli.py"))
+                            else "gateway.cli"
+                        )
+                        argv = python("-m", cli, "gateway", "--config", str(config)) + (
+                            ["--workers", str(workers)] if workers > 1 else []
+                        )
+                        plan.append((label, argv, gateway_port, cores, checkout, f"m{len(plan)}"))
+            else:
+                raise SystemExit(f"unknown target {target!r}")
+    runs: list[tuple[str, str, dict[str, float]]] = []  # (label, run marker, figures)
     try:
-        for name, argv, port in (
-            (
-                "ceiling: bare Starlette + HMAC",
-                python(
-                    "-m",
-                    "uvicorn",
-                    "tests.bench.ceiling_app:app",
-                    "--port",
-                    str(ceiling_port),
-                    "--loop",
-                    "uvloop",
-                    "--http",
-                    "httptools",
-                    "--log-level",
-                    "warning",
-                    "--no-access-log",
-                ),
-                ceiling_port,
-            ),
-            (
-                "peer: naive Starlette + confluent-kafka",
-                python(
-                    "-m",
-                    "uvicorn",
-                    "tests.bench.peer_app:app",
-                    "--port",
-                    str(peer_port),
-                    "--loop",
-                    "uvloop",
-                    "--http",
-                    "httptools",
-                    "--log-level",
-                    "warning",
-                    "--no-access-log",
-                ),
-                peer_port,
-            ),
-            (
-                "gateway: full path to Kafka ack",
-                python("-m", "deploy.cli", "gateway", "--config", str(config)),
-                gateway_port,
-            ),
-        ):
+        for label, argv, port, cores, checkout, marker in plan:
             server = pinned(
-                SERVER_CORE,
+                cores,
                 argv,
-                env={"PEER_BOOTSTRAP": broker.bootstrap, "PEER_TOPIC": peer_topic},
+                env={
+                    "PEER_BOOTSTRAP": broker.bootstrap,
+                    "PEER_TOPIC": peer_topic,
+                    "PYTHONPATH": checkout,
+                },
+                cwd=checkout,
             )
             try:
                 base = f"http://127.0.0.1:{port}"
                 url = f"{base}/webhooks/jiko"
-                wait_http(
-                    f"{base}/healthz" if "gateway" in name else base, 30
-                ) if "gateway" in name else time.sleep(3)
+                if marker:
+                    wait_http(f"{base}/healthz", 30)
+                else:
+                    time.sleep(3)
                 run_wrk(url, warmup, 3, args.connections)
-                results[name] = run_wrk(url, measured, args.duration, args.connections)
+                bodies = measured
+                if marker:  # fresh bodies: each gateway run's ids are counted apart
+                    bodies = work / f"{marker}.txt"
+                    write_requests(bodies, args.bodies, secret.encode(), run=marker)
+                cpu_before, threads_before = cpu_seconds(server.pid), thread_cpu(server.pid)
+                spy = None
+                if args.profile and marker:
+                    spy = subprocess.Popen(
+                        [
+                            *("taskset", "-c", str(LOAD_CORE), args.profile, "record"),
+                            *("--pid", str(server.pid), "--format", "raw", "--rate", "250"),
+                            *("--duration", str(args.duration), "--subprocesses"),
+                            *("--output", f"/tmp/bench-profile-{marker}.txt"),
+                        ],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
+                figures = run_wrk(url, bodies, args.duration, args.connections)
+                if spy is not None:
+                    spy.wait()
+                per_request = 1e6 / max(1, figures["requests"])
+                figures["cpu_us"] = (cpu_seconds(server.pid) - cpu_before) * per_request
+                if args.threads:
+                    threads = thread_cpu(server.pid)
+                    print(
+                        "  threads, us CPU/request: "
+                        + ", ".join(
+                            f"{n} {(t - threads_before.get(n, 0.0)) * per_request:.0f}"
+                            for n, t in sorted(threads.items(), key=lambda kv: -kv[1])
+                            if t - threads_before.get(n, 0.0) > 0
+                        ),
+                        flush=True,
+                    )
+                if marker:  # the gateway's own view: mean publish (produce -> ack) and request
+                    figures.update(gateway_means(base))
+                runs.append((label, marker, figures))
+                means = (
+                    f", mean publish {figures['publish_ms']:.1f} ms of a mean request "
+                    f"{figures['request_ms']:.1f} ms (the gateway's histograms, warm-up included)"
+                    if marker
+                    else ""
+                )
+                print(
+                    f"{label}: {figures['rps']:.0f} req/s, p99 {figures['p99_ms']:.1f} ms, "
+                    f"{figures['cpu_us']:.0f} us CPU/request{means}",
+                    flush=True,
+                )
             finally:
                 stop(server)
-        gateway = results["gateway: full path to Kafka ack"]
-        acknowledged = gateway["requests"] - gateway["non2xx"]
-        keys = {  # the measured run's ids only: warm-up ids would hide a loss
-            m.key()
+        in_kafka: dict[str, set[bytes]] = {}  # run marker -> distinct ids
+        if any(marker for _, marker, _ in runs):
             for m in read_topic(
                 broker.bootstrap, names(settings).raw("jiko"), idle_s=3, timeout_s=600
-            )
-            if b'"bench_run":"warmup"' not in m.value()
-        }
+            ):
+                found = re.search(rb'"bench_run":"(m\d+)"', m.value())
+                if found:
+                    in_kafka.setdefault(found.group(1).decode(), set()).add(m.key())
     finally:
         broker.stop()
         shutil.rmtree(work, ignore_errors=True)
-    ceiling = results["ceiling: bare Starlette + HMAC"]
     rows = [
         (
-            name,
+            label,
             f"{r['rps']:.0f}",
             f"{r['p50_ms']:.1f}",
             f"{r['p99_ms']:.1f}",
+            f"{r['cpu_us']:.0f}",
             int(r["non2xx"]),
             int(r["errors"]),
         )
-        for name, r in results.items()
+        for label, _, r in runs
     ]
     print(
         table(
             f"Gateway ({machine()}; {args.connections} connections, {args.duration}s, "
             f"~{body_size} B signed Jiko bodies; server on core {SERVER_CORE}, wrk and "
             f"{broker.name} on core {LOAD_CORE})",
-            ["target", "req/s", "p50 ms", "p99 ms", "non-2xx", "socket errors"],
+            ["target", "req/s", "p50 ms", "p99 ms", "CPU us/req", "non-2xx", "socket errors"],
             rows,
         )
     )
-    peer = results["peer: naive Starlette + confluent-kafka"]
-    print(
-        f"\ngateway / ceiling = {gateway['rps'] / ceiling['rps']:.2f}; "
-        f"peer / ceiling = {peer['rps'] / ceiling['rps']:.2f}; "
-        f"gateway / peer = {gateway['rps'] / peer['rps']:.2f} (goal >= 1.3); "
-        f"gateway p99 {gateway['p99_ms']:.1f} ms (goal <= 30 ms), peer p99 {peer['p99_ms']:.1f} ms"
-    )
-    print(
-        f"acknowledged (2xx): {acknowledged:.0f}; distinct measured ids in Kafka: {len(keys)} -> "
-        + (
-            "every acknowledged id is in Kafka"
-            if len(keys) >= acknowledged
-            else "MISSING ACKNOWLEDGED EVENTS"
+    by_label: dict[str, list[dict[str, float]]] = {}
+    for label, _, r in runs:
+        by_label.setdefault(label, []).append(r)
+
+    def median(label: str, key: str) -> float:
+        return statistics.median(r[key] for r in by_label[label])
+
+    ceiling = next((lb for lb in by_label if lb.startswith("ceiling")), None)
+    peer = next((lb for lb in by_label if lb.startswith("peer")), None)
+    print(f"\nmedians over {args.rounds} round(s):")
+    for label in by_label:
+        ratios = []
+        if ceiling and label != ceiling:
+            ratios.append(f"/ ceiling {median(label, 'rps') / median(ceiling, 'rps'):.2f}")
+        if peer and label not in (peer, ceiling):
+            ratios.append(f"/ peer {median(label, 'rps') / median(peer, 'rps'):.2f} (goal >= 1.3)")
+        print(
+            f"  {label}: {median(label, 'rps'):.0f} req/s, p99 {median(label, 'p99_ms'):.1f} ms, "
+            f"{median(label, 'cpu_us'):.0f} us CPU/request " + "; ".join(ratios)
         )
-    )
-    return 0 if len(keys) >= acknowledged else 1
+    lost = False
+    for label, marker, r in runs:
+        if not marker:
+            continue
+        acknowledged = r["requests"] - r["non2xx"]
+        stored = len(in_kafka.get(marker, set()))
+        lost = lost or stored < acknowledged
+        print(
+            f"{label} ({marker}): acknowledged (2xx) {acknowledged:.0f}; distinct ids in Kafka "
+            f"{stored} -> "
+            + ("every acknowledged id is in Kafka" if stored >= acknowledged else "MISSING")
+        )
+    return 1 if lost else 0
 
 
 if __name__ == "__main__":

@@ -14,13 +14,18 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def pinned(
-    core: int, argv: Sequence[str], env: dict[str, str] | None = None, quiet: bool = True
+    core: int | str,
+    argv: Sequence[str],
+    env: dict[str, str] | None = None,
+    quiet: bool = True,
+    cwd: str = REPO,
 ) -> subprocess.Popen[bytes]:
-    """Start a process pinned to one CPU core (taskset), with the repo on PYTHONPATH."""
+    """Start a process pinned to a CPU core (taskset; "0,1" for a set), with the repo on
+    PYTHONPATH (unless `env` says otherwise)."""
     full_env = {**os.environ, "PYTHONPATH": REPO, **(env or {})}
     out = subprocess.DEVNULL if quiet else None
     return subprocess.Popen(
-        ["taskset", "-c", str(core), *argv], env=full_env, stdout=out, stderr=out, cwd=REPO
+        ["taskset", "-c", str(core), *argv], env=full_env, stdout=out, stderr=out, cwd=cwd
     )
 
 
