@@ -18,8 +18,9 @@ The client is aiohttp: one `ClientSession` per sink, opened on the first deliver
 at most `max_connections` keep-alive connections, idle ones dropped after `KEEPALIVE_S`,
 no cookies, no automatic redirects, no decompression. The answer's body is read up to
 `DRAIN_BYTES` so the connection can be reused; a longer one closes the connection
-instead. httpx cost ~2 ms of CPU per request (a few hundred deliveries/s); aiohttp's
-client costs ~80 µs.
+instead. httpx cost ~2 ms of CPU per request (a few hundred deliveries/s); aiohttp
+costs 130 - 170 µs on the shared 2-core machine, about 3x the former hand-written
+client (README "Fan-out" has the benchmark).
 
 Outcome: 2xx ok; 408, 429, 5xx, network errors (TLS failures included), timeouts and an
 answer cut short are retried (with ``Retry-After`` honoured); any other status (3xx too:
