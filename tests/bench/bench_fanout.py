@@ -273,6 +273,9 @@ def main(argv: list[str] | None = None) -> int:
         default="http,kafka",
         help="which sink types to measure, comma-separated (default: http,kafka)",
     )
+    parser.add_argument(
+        "--latencies", help="write the HTTP sink's paced latencies (s, arrival order) here"
+    )
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     add_broker_argument(parser)
     args = parser.parse_args(argv)
@@ -455,6 +458,8 @@ def measure(
         produce(bootstrap, topic, paced_n, n, rate=args.rate)
         time.sleep(2.0)
         lat = stats(port)["lat"]
+        if args.latencies:  # in arrival order: a queue that grows shows as a rising line
+            Path(args.latencies).write_text(json.dumps(lat), encoding="utf-8")
     else:
         records = consume_out(bootstrap, out_topic, n, 300)
         stamps = sorted(m.timestamp()[1] for m in records)
