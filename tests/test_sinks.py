@@ -6,6 +6,7 @@ import asyncio
 import email.utils
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,6 +35,7 @@ from tests.receiver_support import (
 )
 
 ENV = {SECRET_ENV: SECRET}
+NOT_PEM = str(Path(__file__).resolve().parents[1] / "pyproject.toml")
 
 
 def settings_of(sink_type: str, name: str = "s", **options: Any) -> SinkSettings:
@@ -119,6 +121,21 @@ def test_render_topic_fills_the_template() -> None:
             "http",
             {"url": "http://127.0.0.1:1/e", "secret": SECRET_ENV, "timeout_s": -1},
             r"sinks\.s\.timeout_s",
+        ),
+        (
+            "http",
+            {"url": "https://127.0.0.1:1/e", "secret": SECRET_ENV, "ca_file": "/nonexistent.pem"},
+            r"sinks\.s\.ca_file: cannot read /nonexistent\.pem",
+        ),
+        (
+            "http",
+            {"url": "https://127.0.0.1:1/e", "secret": SECRET_ENV, "ca_file": NOT_PEM},
+            r"sinks\.s\.ca_file: not a PEM bundle",
+        ),
+        (
+            "http",
+            {"url": "http://127.0.0.1:1/e", "secret": SECRET_ENV, "proxy_from_env": "yes"},
+            r"sinks\.s\.proxy_from_env: must be true or false",
         ),
         (
             "http",

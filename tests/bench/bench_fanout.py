@@ -268,6 +268,14 @@ def main(argv: list[str] | None = None) -> int:
         default=64,
         help="both sinks' concurrency (attempts in flight; 64 is the default of a sink)",
     )
+    parser.add_argument(
+        "--sinks",
+        default="http,kafka",
+        help="which sink types to measure, comma-separated (default: http,kafka)",
+    )
+    parser.add_argument(
+        "--latencies", help="write the HTTP sink's paced latencies (s, arrival order) here"
+    )
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     add_broker_argument(parser)
     args = parser.parse_args(argv)
@@ -308,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
-        for sink in ("http", "kafka"):
+        for sink in [s for s in ("http", "kafka") if s in args.sinks.split(",")]:
             with tempfile.TemporaryDirectory() as tmp:
                 config = Path(tmp) / "bench.toml"
                 write_config(
@@ -317,15 +325,17 @@ def main(argv: list[str] | None = None) -> int:
                 topic = f"{prefix}{sink}.bench.ordered"
                 # every topic the config implies (DLQs too) and the kafka sink's: nothing
                 # is auto-created
+                # (once each: Apache Kafka refuses a request that names a topic twice)
                 settings = load(config, env={**os.environ, "BENCH_SECRET": SECRET})
-                ensure_topics(
-                    {"bootstrap.servers": bootstrap},
-                    [
-                        *implied_topics(settings),
+                specs = {
+                    spec.name: spec
+                    for spec in (
                         TopicSpec(topic, PARTITIONS, 1),
                         TopicSpec(f"{prefix}{sink}-out", PARTITIONS, 1),
-                    ],
-                )
+                        *implied_topics(settings),
+                    )
+                }
+                ensure_topics({"bootstrap.servers": bootstrap}, list(specs.values()))
                 produce(bootstrap, topic, args.events, 0)
                 if sink == "http":
                     stats(port)  # reset
@@ -448,6 +458,8 @@ def measure(
         produce(bootstrap, topic, paced_n, n, rate=args.rate)
         time.sleep(2.0)
         lat = stats(port)["lat"]
+        if args.latencies:  # in arrival order: a queue that grows shows as a rising line
+            Path(args.latencies).write_text(json.dumps(lat), encoding="utf-8")
     else:
         records = consume_out(bootstrap, out_topic, n, 300)
         stamps = sorted(m.timestamp()[1] for m in records)
