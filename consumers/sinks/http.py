@@ -97,8 +97,8 @@ class HttpSink(Sink):
         timestamp = int(now)
         return [
             ("content-type", env.content_type or "application/octet-stream"),
-            ("webhook-id", env.event_id),
-            ("webhook-timestamp", str(timestamp)),
+            (standard_webhooks.ID_HEADER, env.event_id),
+            (standard_webhooks.TIMESTAMP_HEADER, str(timestamp)),
             (
                 standard_webhooks.SIGNATURE_HEADER,
                 self._keys.sign(
@@ -235,7 +235,4 @@ def _transport(opts: Options) -> tuple[ssl.SSLContext, bool]:
             context = ssl.create_default_context(cadata=pem.decode("ascii"))
     except (ssl.SSLError, ValueError) as exc:
         raise opts.fail("ca_file", f"not a PEM bundle of CA certificates ({exc})") from None
-    proxy = opts._raw("proxy_from_env")
-    if proxy is not None and not isinstance(proxy, bool):
-        raise opts.fail("proxy_from_env", "must be true or false")
-    return context, bool(proxy)
+    return context, opts.flag("proxy_from_env", False)
