@@ -103,13 +103,13 @@ def v1_candidates(found: Iterable[tuple[str, str]]) -> list[bytes]:
     return out
 
 
-def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:
-    """The three headers a sender attaches (one ``v1`` entry)."""
+def sign(keys: Keys, msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+    """The three headers a sender attaches (one ``v1`` entry, with the first key)."""
     ts = str(timestamp)
     return {
         ID_HEADER: msg_id,
         TIMESTAMP_HEADER: ts,
-        SIGNATURE_HEADER: Keys([("", key)]).sign(signed_content(msg_id, ts, body)),
+        SIGNATURE_HEADER: keys.sign(signed_content(msg_id, ts, body)),
     }
 
 

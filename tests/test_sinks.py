@@ -55,7 +55,10 @@ class EchoSink(Sink):
 def test_signature_matches_the_standard_webhooks_vector() -> None:
     key = standard_webhooks.decode_secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
     headers = standard_webhooks.sign(
-        key, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, b'{"test": 2432232314}'
+        standard_webhooks.Keys([("", key)]),
+        "msg_p5jXN8AQM9LWM0D4loKWxJek",
+        1614265330,
+        b'{"test": 2432232314}',
     )
     sig = headers["webhook-signature"]
     assert sig == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="

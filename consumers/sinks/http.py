@@ -94,17 +94,10 @@ class HttpSink(Sink):
 
     def _header_list(self, event: Event, now: float) -> list[tuple[str, str]]:
         env = event.envelope
-        timestamp = int(now)
+        signed = standard_webhooks.sign(self._keys, env.event_id, int(now), env.body)
         return [
             ("content-type", env.content_type or "application/octet-stream"),
-            (standard_webhooks.ID_HEADER, env.event_id),
-            (standard_webhooks.TIMESTAMP_HEADER, str(timestamp)),
-            (
-                standard_webhooks.SIGNATURE_HEADER,
-                self._keys.sign(
-                    standard_webhooks.signed_content(env.event_id, str(timestamp), env.body)
-                ),
-            ),
+            *signed.items(),
             ("x-webhook-provider", env.provider),
             ("x-webhook-event-type", env.event_type),
             ("x-webhook-occurred-at", micros_to_iso(env.occurred_at)),
