@@ -12,11 +12,12 @@ Every answer of the webhook endpoint comes from `ANSWERS`, one table.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -42,6 +43,7 @@ from gateway.sources import build_verifiers
 from gateway.verify.base import REASONS, InboundRequest, Verifier
 from schemas import logs
 from schemas.config import Settings, SourceSettings
+from schemas.envelope import Envelope
 from schemas.errors import VerificationError
 from schemas.process import broker_reachable_gauge
 from schemas.records import ce_headers, quarantine_headers
@@ -49,6 +51,7 @@ from schemas.serde import EnvelopeSerializer
 from schemas.topics import TopicNames, names
 
 RETRY_AFTER_S = "5"
+CLOSE = [(b"connection", b"close")]
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -161,18 +164,40 @@ class BodyDeadlines:
                 self._timer = loop.call_at(due[0].due + self.slack_s, self._sweep)
 
 
-def _headers(scope: Scope) -> dict[str, str]:
+def header_map(pairs: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    """The request's headers by lower-case name; the first of repeated ones, as Starlette does."""
     out: dict[str, str] = {}
-    for raw_name, raw_value in scope["headers"]:
+    for raw_name, raw_value in pairs:
         name = raw_name.decode("latin-1").lower()
-        if name not in out:  # the first of repeated headers, as Starlette does
+        if name not in out:
             out[name] = raw_value.decode("latin-1")
     return out
 
 
+Result = tuple[int, str, dict[str, str], list[tuple[bytes, bytes]]]
+"""What the endpoint answers: status, outcome (metric label), JSON body, extra headers."""
+
+
+@dataclass(slots=True)
+class Pending:
+    """A request whose envelope is on its way to Kafka: `settle` answers it once `future`
+    is done (acknowledged, or failed with a PublishError)."""
+
+    source: SourceSettings
+    envelope: Envelope
+    topic: str
+    request_id: str
+    future: asyncio.Future[None]
+    started: float  # perf_counter when the publish began
+
+
 class WebhookEndpoint:
-    """The hot path, as a plain ASGI app (`GatewayApp` calls it for a POST; Starlette's
-    routes for any other method)."""
+    """The hot path. Its steps are plain methods (`request_id`, `refuse`, `accept`,
+    `settle`, `finish`, `render`), driven two ways: as an ASGI app (`__call__`: what
+    `GatewayApp` calls for a POST, and Starlette's routes for any other method), and by
+    the connection itself for a webhook POST whose body is all there
+    (`gateway.connections`), with no ASGI cycle and no task. Both give the same answers,
+    metrics and logs."""
 
     def __init__(
         self,
@@ -198,77 +223,70 @@ class WebhookEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
-        headers = _headers(scope)
-        supplied = headers.get("x-request-id", "")
-        request_id = supplied if _REQUEST_ID.match(supplied) else os.urandom(16).hex()
+        headers = header_map(scope["headers"])
+        request_id = self.request_id(headers)
         source = self.sources.get(scope["path_params"]["source"])
-        if source is None:  # counted once, under "_unknown": a caller makes no label value
-            self.metrics.unknown.inc()
-            status, _, body, extra = self._answer("not_found")
+        if source is None:
+            status, _, body, extra = self.unknown_source()
             await self._send(send, status, body, extra, request_id)
             return
-        per_source = self.metrics.by_source[source.name]
         self.in_flight += 1  # the in-flight gauge reads it (create_app)
         try:
-            status, outcome, body, extra = await self._handle(
-                scope, receive, headers, source, request_id
-            )
+            result = self.refuse(scope["method"], source, headers)
+            if result is None:
+                try:
+                    raw = await self.body_deadlines.read(receive, source.body_limit)
+                except _BodyTooLarge:
+                    result = self.answer("too_large", CLOSE)
+                except TimeoutError:
+                    result = self.answer("too_slow", CLOSE)
+                else:
+                    step = self.accept(source, headers, raw, request_id)
+                    if isinstance(step, Pending):
+                        with contextlib.suppress(PublishError):  # settle() reads it
+                            await step.future
+                        result = self.settle(step)
+                    else:
+                        result = step
         except _ClientGone:
             return
         except Exception as exc:  # a bug: answer and count it; never publish, never crash
-            logs.error(
-                "request failed",
-                source=source.name,
-                request_id=request_id,
-                error=type(exc).__name__,
-            )
-            status, outcome, body, extra = self._answer("internal_error")
+            result = self.failed(source, request_id, exc)
         finally:
             self.in_flight -= 1
-        per_source.count_outcome[outcome](1)
-        per_source.observe_request(time.perf_counter() - started)
+        status, outcome, body, extra = result
+        self.finish(source, outcome, started)
         await self._send(send, status, body, extra, request_id)
 
     @staticmethod
-    async def _send(
-        send: Send,
-        status: int,
-        body: dict[str, str],
-        extra: list[tuple[bytes, bytes]],
-        request_id: str,
-    ) -> None:
-        body["request_id"] = request_id
-        payload = orjson.dumps(body)
-        response_headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(payload)).encode()),
-            (b"x-request-id", request_id.encode()),
-            *extra,
-        ]
-        await send({"type": "http.response.start", "status": status, "headers": response_headers})
-        await send({"type": "http.response.body", "body": payload})
+    def request_id(headers: Mapping[str, str]) -> str:
+        """The caller's X-Request-Id if it is a sane one, else a new random id."""
+        supplied = headers.get("x-request-id", "")
+        return supplied if _REQUEST_ID.match(supplied) else os.urandom(16).hex()
 
-    async def _handle(
-        self,
-        scope: Scope,
-        receive: Receive,
-        headers: dict[str, str],
-        source: SourceSettings,
-        request_id: str,
-    ) -> tuple[int, str, dict[str, str], list[tuple[bytes, bytes]]]:
-        if scope["method"] != "POST":
-            return self._answer("method_not_allowed", [(b"allow", b"POST")])
-        per_source = self.metrics.by_source[source.name]
-        close = [(b"connection", b"close")]
+    def unknown_source(self) -> Result:
+        """Counted once, under "_unknown": a caller makes no label value."""
+        self.metrics.unknown.inc()
+        return self.answer("not_found")
+
+    def refuse(
+        self, method: str, source: SourceSettings, headers: Mapping[str, str]
+    ) -> Result | None:
+        """The answer before any body is read: a method other than POST, or a declared
+        length over the source's limit. None: read the body."""
+        if method != "POST":
+            return self.answer("method_not_allowed", [(b"allow", b"POST")])
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > source.body_limit:
-            return self._answer("too_large", close)
-        try:
-            raw = await self.body_deadlines.read(receive, source.body_limit)
-        except _BodyTooLarge:
-            return self._answer("too_large", close)
-        except TimeoutError:
-            return self._answer("too_slow", close)
+            return self.answer("too_large", CLOSE)
+        return None
+
+    def accept(
+        self, source: SourceSettings, headers: Mapping[str, str], raw: bytes, request_id: str
+    ) -> Result | Pending:
+        """Verify, normalise, serialise and hand the envelope to the publisher: the answer
+        when that ends early (refused, or not even queued), else the pending publish."""
+        per_source = self.metrics.by_source[source.name]
         per_source.observe_body_size(len(raw))
         now = self.clock()
         try:
@@ -284,7 +302,7 @@ class WebhookEndpoint:
                 detail=exc.detail if reason != "other" else f"{exc.reason}: {exc.detail}",
                 request_id=request_id,
             )
-            return self._answer("unauthorized", reason=reason)
+            return self.answer("unauthorized", reason=reason)
         except Exception as exc:  # a verifier bug fails closed (the message may hold anything)
             per_source.failures["verifier_error"].inc()
             logs.error(
@@ -293,7 +311,7 @@ class WebhookEndpoint:
                 error=type(exc).__name__,
                 request_id=request_id,
             )
-            return self._answer("unauthorized", reason="verifier_error")
+            return self.answer("unauthorized", reason="verifier_error")
         self._count_verified(source.name, verified.scheme, verified.key_id, verified.mode)(1)
         if self.in_flight > self.max_in_flight:
             per_source.delivery_errors["queue_full"].inc()
@@ -311,34 +329,34 @@ class WebhookEndpoint:
         if quarantined:
             kafka_headers += quarantine_headers(str(envelope.quarantine_reason), "gateway")
         value = self.serializer(envelope, topic)
-        publish_started = time.perf_counter()
+        started = time.perf_counter()
         try:
-            await self.publisher.publish(
+            future = self.publisher.submit(
                 topic, envelope.event_id.encode(), value, kafka_headers, source.deadline_s
             )
         except PublishError as exc:
-            per_source.observe_publish[exc.reason](time.perf_counter() - publish_started)
-            per_source.delivery_errors[exc.reason].inc()
-            logs.warning(
-                "publish failed",
-                source=source.name,
-                event_id=envelope.event_id,
-                request_id=request_id,
-                reason=exc.reason,
-                detail=str(exc),
-            )
-            if exc.reason == "too_large":
-                return self._answer("too_large_for_kafka")
-            return self._unavailable()
-        per_source.observe_publish["acknowledged"](time.perf_counter() - publish_started)
+            return self._publish_failed(source, envelope, request_id, started, exc)
+        return Pending(source, envelope, topic, request_id, future, started)
+
+    def settle(self, pending: Pending) -> Result:
+        """The answer to a publish that is done: accepted (or quarantined) once
+        acknowledged, else what the PublishError says."""
+        source, envelope, request_id = pending.source, pending.envelope, pending.request_id
+        exc = pending.future.exception()
+        if exc is not None:
+            if not isinstance(exc, PublishError):
+                raise exc
+            return self._publish_failed(source, envelope, request_id, pending.started, exc)
+        per_source = self.metrics.by_source[source.name]
+        per_source.observe_publish["acknowledged"](time.perf_counter() - pending.started)
         logs.debug(  # one line per published request at log_level = "debug"
             "published",
             source=source.name,
             event_id=envelope.event_id,
             request_id=request_id,
-            topic=topic,
+            topic=pending.topic,
         )
-        if quarantined:
+        if envelope.quarantine_reason is not None:
             logs.warning(
                 "quarantined",
                 source=source.name,
@@ -363,6 +381,72 @@ class WebhookEndpoint:
             [],
         )
 
+    def _publish_failed(
+        self,
+        source: SourceSettings,
+        envelope: Envelope,
+        request_id: str,
+        started: float,
+        exc: PublishError,
+    ) -> Result:
+        per_source = self.metrics.by_source[source.name]
+        per_source.observe_publish[exc.reason](time.perf_counter() - started)
+        per_source.delivery_errors[exc.reason].inc()
+        logs.warning(
+            "publish failed",
+            source=source.name,
+            event_id=envelope.event_id,
+            request_id=request_id,
+            reason=exc.reason,
+            detail=str(exc),
+        )
+        if exc.reason == "too_large":
+            return self.answer("too_large_for_kafka")
+        return self._unavailable()
+
+    def failed(self, source: SourceSettings, request_id: str, exc: Exception) -> Result:
+        """A bug on the way: logged (its type only) and answered 500; never a crash."""
+        logs.error(
+            "request failed",
+            source=source.name,
+            request_id=request_id,
+            error=type(exc).__name__,
+        )
+        return self.answer("internal_error")
+
+    def finish(self, source: SourceSettings, outcome: str, started: float) -> None:
+        """Count the request's outcome and duration (every answered request of a known source)."""
+        per_source = self.metrics.by_source[source.name]
+        per_source.count_outcome[outcome](1)
+        per_source.observe_request(time.perf_counter() - started)
+
+    @staticmethod
+    def render(
+        status: int, body: dict[str, str], extra: list[tuple[bytes, bytes]], request_id: str
+    ) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+        """The JSON payload and the response headers of an answer."""
+        body["request_id"] = request_id
+        payload = orjson.dumps(body)
+        return payload, [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(payload)).encode()),
+            (b"x-request-id", request_id.encode()),
+            *extra,
+        ]
+
+    @classmethod
+    async def _send(
+        cls,
+        send: Send,
+        status: int,
+        body: dict[str, str],
+        extra: list[tuple[bytes, bytes]],
+        request_id: str,
+    ) -> None:
+        payload, response_headers = cls.render(status, body, extra, request_id)
+        await send({"type": "http.response.start", "status": status, "headers": response_headers})
+        await send({"type": "http.response.body", "body": payload})
+
     def _count_verified(
         self, source: str, scheme: str, key_id: str | None, mode: str | None
     ) -> Callable[[float], None]:
@@ -374,14 +458,14 @@ class WebhookEndpoint:
         return inc
 
     @staticmethod
-    def _answer(
+    def answer(
         name: str, headers: list[tuple[bytes, bytes]] | None = None, **fields: str
-    ) -> tuple[int, str, dict[str, str], list[tuple[bytes, bytes]]]:
+    ) -> Result:
         answer = ANSWERS[name]
         return answer.status, answer.outcome, {**answer.body, **fields}, headers or []
 
-    def _unavailable(self) -> tuple[int, str, dict[str, str], list[tuple[bytes, bytes]]]:
-        return self._answer("unavailable", [(b"retry-after", RETRY_AFTER_S.encode())])
+    def _unavailable(self) -> Result:
+        return self.answer("unavailable", [(b"retry-after", RETRY_AFTER_S.encode())])
 
 
 WEBHOOKS_PREFIX = "/webhooks/"

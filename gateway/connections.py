@@ -1,4 +1,5 @@
-"""The HTTP connection layer: uvicorn's httptools protocol with limits on the request head.
+"""The HTTP connection layer: uvicorn's httptools protocol with limits on the request head,
+and the webhook POST served by the connection itself.
 
 uvicorn closes a keep-alive connection only after a response, and llhttp limits no
 header size: a connection that never sends a request, or trickles its headers, stays
@@ -10,16 +11,32 @@ open, and a head of any size is parsed and buffered. `guarded_protocol` adds:
   Bodies have their own limit (``body_timeout_s``, answered by the app).
 - ``gateway.max_header_bytes`` and ``gateway.max_headers``: a head larger than this, or
   with more header fields, is answered 431 and the connection closed, without reading on.
+
+The direct path. uvicorn serves a request by building an ASGI scope and a cycle object,
+starting a task for it, handing the body over as messages and writing the answer in two
+writes (head, then body). For the request this gateway exists for, that was a third of the
+CPU of the whole request (docs/benchmarks.md). So a ``POST /webhooks/{source}`` of a known
+source, with a Content-Length within the source's limit, arriving on a connection with no
+request in flight, is served here: the body is collected as the parser hands it over, the
+endpoint's own steps run when it is complete (`WebhookEndpoint.accept`), the acknowledgement
+answers it from a callback of the publish future (`settle`), and the answer leaves in one
+write, with uvicorn's default headers. Everything else (other paths and methods, unknown
+sources, chunked bodies, ``Expect: 100-continue``, a query string, a request pipelined
+behind another, a mounted root path) takes uvicorn's ASGI path to the same endpoint, which
+answers the same, so behaviour does not depend on the path taken. A body that does not
+arrive within ``gateway.body_timeout_s`` is answered 408, as on the ASGI path.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from schemas.config import GatewaySettings
+from gateway.app import CLOSE, Pending, Result, WebhookEndpoint, header_map
+from schemas.config import GatewaySettings, SourceSettings
 
 
 class _HeadTooLarge(Exception):
@@ -39,6 +56,52 @@ HEAD_TOO_SLOW = _answer(408, "Request Timeout", "request head not received in ti
 LINGER_S = 2.0  # after refusing a head: how long its remaining bytes are read and dropped
 
 
+WEBHOOKS = b"/webhooks/"
+CLOSE_HEADER = (b"connection", b"close")
+
+
+class _NoEvent:
+    """uvicorn's `connection_lost` sets its cycle's event; a direct request has none."""
+
+    @staticmethod
+    def set() -> None:
+        return None
+
+
+class _Direct:
+    """A webhook request served by the connection (what uvicorn's code, which keeps it in
+    ``self.cycle``, reads of a cycle: `response_complete`, `keep_alive`, `disconnected`,
+    `message_event`)."""
+
+    __slots__ = (
+        "body",
+        "body_timer",
+        "disconnected",
+        "headers",
+        "keep_alive",
+        "reading",
+        "request_id",
+        "response_complete",
+        "source",
+        "started",
+    )
+    message_event = _NoEvent()
+
+    def __init__(
+        self, source: SourceSettings, headers: dict[str, str], request_id: str, keep_alive: bool
+    ) -> None:
+        self.source = source
+        self.headers = headers
+        self.request_id = request_id
+        self.keep_alive = keep_alive
+        self.started = time.perf_counter()
+        self.body = bytearray()
+        self.reading = True  # the body is still coming
+        self.body_timer: asyncio.TimerHandle | None = None
+        self.response_complete = False
+        self.disconnected = False
+
+
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """HttpToolsProtocol with a request-head deadline and size limits (class attributes)."""
 
@@ -54,6 +117,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_fields = 0
         self._head_timer: asyncio.TimerHandle | None = None
         self._refused = False
+        endpoint = getattr(self.app, "webhook", None)  # GatewayApp's; None for any other app
+        self._endpoint = endpoint if isinstance(endpoint, WebhookEndpoint) else None
+        self._direct: _Direct | None = None  # the direct request reading its body
 
     # ------------------------------------------------------------------ the deadline
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -62,6 +128,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
+        direct = self._direct
+        if direct is not None:  # gone before its body came: nobody to answer, nothing counted
+            self._direct = None
+            self._stop_reading(direct)
+            assert self._endpoint is not None
+            self._endpoint.in_flight -= 1
         super().connection_lost(exc)
 
     def _arm_head_timer(self) -> None:
@@ -100,6 +172,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         # a head still incomplete after this many bytes is too large, however it ends
         if self._reading_head and self._head_bytes > self.max_header_bytes:
             self._refuse_head()
+        direct = self._direct
+        if direct is not None and direct.body_timer is None:  # its body is not all here
+            assert self._endpoint is not None
+            direct.body_timer = self.loop.call_later(
+                self._endpoint.body_timeout_s, self._body_too_slow, direct
+            )
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -126,11 +204,125 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._reading_head = False
         self._head_bytes = 0
         self._cancel_head_timer()
-        super().on_headers_complete()
+        if self._endpoint is None or not self._take_direct(self._endpoint):
+            super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        direct = self._direct
+        if direct is not None:  # its body: no other request is parsed before it ends
+            direct.body += body  # within the declared length, which is within the limit
+        else:
+            super().on_body(body)
 
     def on_message_complete(self) -> None:
-        super().on_message_complete()
+        direct = self._direct
+        if direct is not None:  # its body: no other request is parsed before it ends
+            self._direct = None
+            self._stop_reading(direct)
+            self._serve(direct)
+        else:
+            super().on_message_complete()
         self._reading_head = True  # what follows on this connection is a new head
+
+    # ------------------------------------------------------------------ the direct path
+    def _take_direct(self, endpoint: WebhookEndpoint) -> bool:
+        """Serve this request here if it is a plain webhook POST (see the module's doc)."""
+        parser = self.parser
+        if parser.get_method() != b"POST" or self.expect_100_continue or self.root_path:
+            return False
+        if self.cycle is not None and not self.cycle.response_complete:
+            return False  # behind a request in flight: uvicorn queues it
+        url = self.url
+        if not url.startswith(WEBHOOKS) or b"?" in url or b"%" in url or parser.should_upgrade():
+            return False
+        name = url[len(WEBHOOKS) :]
+        if name.endswith(b"/"):
+            name = name[:-1]
+        if not name or b"/" in name or not name.isascii():
+            return False
+        source = endpoint.sources.get(name.decode("ascii"))
+        if source is None:
+            return False
+        headers = header_map(self.headers)
+        declared = headers.get("content-length", "")
+        if not declared.isdigit() or int(declared) > source.body_limit:
+            return False
+        if "transfer-encoding" in headers:
+            return False
+        http_version = parser.get_http_version()
+        keep_alive = http_version != "1.0" and parser.should_keep_alive()
+        direct = _Direct(source, headers, endpoint.request_id(headers), keep_alive)
+        endpoint.in_flight += 1  # the in-flight gauge reads it
+        self._direct = direct
+        self.cycle = direct  # type: ignore[assignment]  # what uvicorn's code reads
+        return True
+
+    def _stop_reading(self, direct: _Direct) -> None:
+        direct.reading = False
+        if direct.body_timer is not None:
+            direct.body_timer.cancel()
+            direct.body_timer = None
+
+    def _serve(self, direct: _Direct) -> None:
+        """The body is complete: run the endpoint's steps; answer now, or once published."""
+        endpoint = self._endpoint
+        assert endpoint is not None
+        try:
+            step = endpoint.accept(
+                direct.source, direct.headers, bytes(direct.body), direct.request_id
+            )
+        except Exception as exc:  # a bug: answer and count it; never publish, never crash
+            step = endpoint.failed(direct.source, direct.request_id, exc)
+        direct.body = bytearray()
+        if isinstance(step, Pending):
+            step.future.add_done_callback(lambda _f: self._settle(direct, step))
+        else:
+            self._answer(direct, step)
+
+    def _settle(self, direct: _Direct, pending: Pending) -> None:
+        endpoint = self._endpoint
+        assert endpoint is not None
+        try:
+            result = endpoint.settle(pending)
+        except (Exception, asyncio.CancelledError) as exc:
+            result = endpoint.failed(direct.source, direct.request_id, Exception(exc))
+        self._answer(direct, result)
+
+    def _body_too_slow(self, direct: _Direct) -> None:
+        direct.body_timer = None
+        if self._direct is not direct:
+            return
+        self._direct = None
+        self._stop_reading(direct)
+        assert self._endpoint is not None
+        self._answer(direct, self._endpoint.answer("too_slow", CLOSE))
+
+    def _answer(self, direct: _Direct, result: Result) -> None:
+        """Count the request, then write its answer in one write, as uvicorn would have
+        written it (its default headers; ``connection: close`` when not kept alive)."""
+        endpoint = self._endpoint
+        assert endpoint is not None
+        endpoint.in_flight -= 1
+        status, outcome, body, extra = result
+        endpoint.finish(direct.source, outcome, direct.started)
+        direct.response_complete = True
+        if self.transport.is_closing():  # the client left: the publish stands, nobody to tell
+            return
+        payload, headers = endpoint.render(status, body, extra, direct.request_id)
+        closes = any(pair == CLOSE_HEADER for pair in extra)  # too_slow says close
+        keep_alive = direct.keep_alive and not closes
+        content = [STATUS_LINE[status]]
+        for name, value in self.server_state.default_headers:
+            content += (name, b": ", value, b"\r\n")
+        for name, value in headers:
+            content += (name, b": ", value, b"\r\n")
+        if not keep_alive and not closes:
+            content.append(b"connection: close\r\n")
+        content += (b"\r\n", payload)
+        self.transport.write(b"".join(content))
+        if not keep_alive:
+            self.transport.close()
+        self.on_response_complete()
 
     def send_400_response(self, msg: str) -> None:
         if self._refused:  # our own stop, not a malformed request

@@ -183,14 +183,26 @@ class Publisher:
         deadline_s: float,
     ) -> None:
         """Produce and wait for the acknowledgement; raise PublishError otherwise."""
+        await self.submit(topic, key, value, headers, deadline_s)
+
+    def submit(
+        self,
+        topic: str,
+        key: bytes,
+        value: bytes,
+        headers: list[tuple[str, bytes]],
+        deadline_s: float,
+    ) -> asyncio.Future[None]:
+        """Queue the message; the future resolves on its acknowledgement, or fails with a
+        PublishError (at the latest at `deadline_s`). Raises PublishError when it cannot
+        even be queued (topic missing, queue full)."""
         loop = self._loop
         assert loop is not None, "publisher not started"
-        future: asyncio.Future[None] = loop.create_future()
-
         if topic in self.missing_topics:
             raise PublishError("topic_missing", topic)
         if len(self._outbox) + self.queue_depth() >= self._max_queued:
             raise PublishError("queue_full", "producer queue is full")
+        future: asyncio.Future[None] = loop.create_future()
         if not self._outbox:
             loop.call_soon(self._produce_outbox)
         self._outbox.append((topic, key, value, headers, future))
@@ -201,7 +213,7 @@ class Publisher:
         if due is None:
             due = self._deadlines[deadline_s] = deque()
         due.append((loop.time() + deadline_s, future))
-        await future
+        return future
 
     def _expire_due(self, now: float) -> None:
         """Fail every future whose deadline has passed (each deque is in deadline order:

@@ -117,7 +117,7 @@ def test_losing_the_leader_then_min_isr_keeps_every_acknowledged_event_once(
                 ),
             }
 
-        with serve(create_app(settings)) as url:
+        with serve(create_app(settings), settings) as url:
             load = Load(url, sign)
             threads = [threading.Thread(target=load.worker, daemon=True) for _ in range(4)]
             for thread in threads:

@@ -47,12 +47,19 @@ class Gateway:
         return names(self.settings).raw(provider)
 
 
-@pytest.fixture(scope="module")
-def gateway(kafka: KafkaCluster) -> Iterator[Gateway]:
-    prefix = f"e2e-{time.time_ns()}"
+# Both ways a webhook POST is served: "direct" is the gateway's own server configuration
+# (gateway.server), where the connection serves a plain webhook POST itself
+# (gateway.connections); "asgi" is a plain uvicorn, where every request is an ASGI call
+# to the same endpoint. Every test here holds for both.
+PATHS = ["direct", "asgi"]
+
+
+@pytest.fixture(scope="module", params=PATHS)
+def gateway(kafka: KafkaCluster, request: pytest.FixtureRequest) -> Iterator[Gateway]:
+    prefix = f"e2e-{request.param}-{time.time_ns()}"
     settings = settings_from_toml(gateway_toml(kafka.bootstrap, prefix))
     ensure_topics(settings.admin_config(), implied_topics(settings))
-    with serve(create_app(settings)) as url:
+    with serve(create_app(settings), settings if request.param == "direct" else None) as url:
         yield Gateway(url, settings, kafka.bootstrap)
 
 
@@ -292,13 +299,14 @@ def test_send_to_a_header_typed_scheme_needs_no_event_option(
     settings = settings_from_toml(text, DEMO_ENV)
     ensure_topics(settings.admin_config(), implied_topics(settings))
     config = write_file(tmp_path / "c.toml", text)  # type: ignore[operator]
-    with serve(create_app(settings)) as url:
+    with serve(create_app(settings), settings) as url:
         assert main(["send", "gh", "--config", str(config), "--url", url]) == 0
     answer = json.loads(capsys.readouterr().out.strip()[4:])
     assert answer["status"] == "accepted", answer
 
 
-def test_body_sent_too_slowly_is_408(kafka: KafkaCluster) -> None:
+@pytest.mark.parametrize("path", PATHS)
+def test_body_sent_too_slowly_is_408(kafka: KafkaCluster, path: str) -> None:
     """A client that declares a body and stalls cannot hold a request open forever."""
     import socket
 
@@ -306,7 +314,7 @@ def test_body_sent_too_slowly_is_408(kafka: KafkaCluster) -> None:
     settings = settings_from_toml(
         gateway_toml(kafka.bootstrap, prefix) + "\n[gateway]\nbody_timeout_s = 0.5\n"
     )
-    with serve(create_app(settings)) as url:
+    with serve(create_app(settings), settings if path == "direct" else None) as url:
         host, port = url.removeprefix("http://").split(":")
         with socket.create_connection((host, int(port)), timeout=10) as sock:
             sock.sendall(
@@ -315,6 +323,7 @@ def test_body_sent_too_slowly_is_408(kafka: KafkaCluster) -> None:
             )
             answer = sock.recv(4096)
         assert answer.startswith(b"HTTP/1.1 408 ")
+        assert b"connection: close" in answer.lower()
         metrics = httpx.get(f"{url}/metrics").text
         assert (
             'webhook_bridge_gateway_requests_total{outcome="too_slow",source="jiko"} 1.0' in metrics

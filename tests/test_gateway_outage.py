@@ -139,7 +139,7 @@ def test_broker_killed_under_load(
         }
 
     g = "webhook_bridge_gateway"
-    with captured_logs(logging.INFO) as logged, serve(create_app(settings)) as url:
+    with captured_logs(logging.INFO) as logged, serve(create_app(settings), settings) as url:
         assert readyz(url)[0] == 200
         before = scrape(url)
         assert value(before, "webhook_bridge_broker_reachable", process="gateway") == 1.0

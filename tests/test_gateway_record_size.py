@@ -89,7 +89,7 @@ class Running:
 def running(kafka: KafkaCluster) -> Iterator[Running]:
     settings = settings_from_toml(config(kafka.bootstrap, f"size-{time.time_ns()}"))
     ensure_topics(settings.admin_config(), implied_topics(settings))
-    with serve(create_app(settings)) as url:
+    with serve(create_app(settings), settings) as url:
         yield Running(url, settings, kafka.bootstrap)
 
 

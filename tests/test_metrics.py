@@ -54,15 +54,18 @@ class AckingPublisher(Publisher):
     def check_broker(self, timeout_s: float = 2.0, topics: Sequence[str] | None = None) -> bool:
         return True
 
-    async def publish(
+    def submit(
         self,
         topic: str,
         key: bytes,
         value: bytes,
         headers: list[tuple[str, bytes]],
         deadline_s: float,
-    ) -> None:
+    ) -> asyncio.Future[None]:
         self.sent.append((topic, key, value))
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
 
 
 def fallbacks(client: TestClient) -> dict[tuple[str, str], float]:

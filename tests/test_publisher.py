@@ -135,7 +135,7 @@ def test_a_missing_topic_is_a_prompt_503_counted_logged_and_never_created(
     absent = names(settings).raw("fintoc")
     specs = implied_topics(settings)
     ensure_topics(settings.admin_config(), [s for s in specs if s.name != absent])
-    with captured_logs(logging.INFO) as logged, serve(create_app(settings)) as url:
+    with captured_logs(logging.INFO) as logged, serve(create_app(settings), settings) as url:
         assert value(scrape(url), f"{G}_missing_topics") == 1
         started = time.monotonic()
         answer = post(url, settings, "fintoc")
@@ -191,7 +191,7 @@ def test_a_silent_broker_turns_readiness_503_within_5s_without_a_rebuild(
     """No connection error arrives from a frozen broker: only the background probe sees it."""
     settings = settings_from_toml(gateway_toml(fresh_broker.bootstrap, unique_name("frozen")))
     ensure_topics(settings.admin_config(), implied_topics(settings))
-    with serve(create_app(settings)) as url:
+    with serve(create_app(settings), settings) as url:
         first_ok(url, settings)
         with frozen(fresh_broker):
             stopped_at = time.monotonic()
@@ -234,7 +234,7 @@ def test_a_broker_that_lost_the_producer_state_gets_a_new_producer(
     try:
         settings = settings_from_toml(gateway_toml(broker.bootstrap, unique_name("amnesia")))
         ensure_topics(settings.admin_config(), implied_topics(settings))
-        with serve(create_app(settings)) as url:
+        with serve(create_app(settings), settings) as url:
             first_ok(url, settings)
             broker.kill()
             broker.restart()

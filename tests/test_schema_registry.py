@@ -265,8 +265,12 @@ def test_rolling_switch_to_registry_mode_through_every_stage(
             procs.start(stage, stage, "--config", str(cfg), "--metrics-port", "0")
         procs.start("fanout", "fanout", "--config", str(cfg), "--metrics-port", "0")
         with ExitStack() as stack:
-            old = stack.enter_context(serve(create_app(so_settings)))  # not yet switched
-            new = stack.enter_context(serve(create_app(registry_settings)))  # switched
+            old = stack.enter_context(
+                serve(create_app(so_settings), so_settings)
+            )  # not yet switched
+            new = stack.enter_context(
+                serve(create_app(registry_settings), registry_settings)
+            )  # switched
             for i in range(12):  # the two replicas interleave, as behind a load balancer
                 event_id = f"evt-{i}"
                 post_event(old if i % 2 == 0 else new, event_id, f"key-{i % 3}")
