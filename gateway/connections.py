@@ -180,19 +180,41 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             )
 
     def on_message_begin(self) -> None:
-        super().on_message_begin()
+        # uvicorn's, without the ASGI scope: a direct request needs none, and
+        # `_asgi_scope` makes it for any other before uvicorn's on_headers_complete reads it
+        self.url = b""
+        self.expect_100_continue = False
+        self.headers = []
         self._reading_head = True
         self._head_size = 0
         self._head_fields = 0
 
+    def _asgi_scope(self) -> None:
+        """The scope uvicorn's on_message_begin would have made (same keys, same values)."""
+        self.scope = {  # type: ignore[typeddict-item]
+            "type": "http",
+            "asgi": {"version": self.asgi_version, "spec_version": "2.3"},
+            "http_version": "1.1",
+            "server": self.server,
+            "client": self.client,
+            "scheme": self.scheme,  # type: ignore[typeddict-item]
+            "root_path": self.root_path,
+            "headers": self.headers,
+            "state": self.app_state.copy(),
+        }
+
     def on_url(self, url: bytes) -> None:
         self._count_head(len(url))
-        super().on_url(url)
+        self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # uvicorn's on_header, with the head's size counted (one call per field, not two)
         self._head_fields += 1
         self._count_head(len(name) + len(value) + 4)  # ": " and CRLF
-        super().on_header(name, value)
+        name = name.lower()
+        if name == b"expect" and value.lower() == b"100-continue":
+            self.expect_100_continue = True
+        self.headers.append((name, value))
 
     def _count_head(self, size: int) -> None:
         self._head_size += size
@@ -205,6 +227,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._cancel_head_timer()
         if self._endpoint is None or not self._take_direct(self._endpoint):
+            self._asgi_scope()
             super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:

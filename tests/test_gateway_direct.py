@@ -202,3 +202,18 @@ def test_a_client_gone_mid_body_is_not_counted_and_leaves_nothing_in_flight(
         time.sleep(0.05)
     assert in_flight() == 0
     assert jiko_requests() == before
+
+
+def test_request_ids_are_made_when_missing_or_unusable_and_never_repeat(server: Server) -> None:
+    ids = []
+    with socket.create_connection(server.address, timeout=10) as sock:
+        for n in range(50):
+            raw = server.request(body(50 + n), "x" if n % 2 else "bad id with spaces")
+            if n % 2:
+                raw = re.sub(rb"X-Request-Id: x\r\n", b"", raw)  # none supplied
+            sock.sendall(raw)
+            [(status, headers, answer)] = read_answers(sock, 1)
+            assert 200 <= status < 300, answer
+            ids.append(headers["x-request-id"])
+    assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids), ids
+    assert len(set(ids)) == len(ids)
