@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= deploy/demo.toml
 
-.PHONY: run test lint typecheck pytest bench compose clean install kafka-jars kafka-cluster registry-jars registry-jars-optional
+.PHONY: compile run test lint typecheck pytest bench compose clean install kafka-jars kafka-cluster registry-jars registry-jars-optional
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,6 +14,15 @@ $(STAMP): pyproject.toml requirements.lock
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The hot modules compiled with mypyc beside their sources (schemas/compiled.py); again
+# whenever a source changed. Without a C compiler this says so and they run as Python.
+COMPILED := $(VENV)/.compiled
+$(COMPILED): $(STAMP) $(wildcard schemas/*.py gateway/*.py gateway/verify/*.py)
+	@$(BIN)/python -m deploy.compile
+	@touch $(COMPILED)
+
+compile: $(COMPILED)
 
 # Apache Kafka's jars (version pinned in deploy/kafka/pom.xml) into .cache/kafka/, once.
 # Without Java 17+ or Maven this prints one line saying what is missing; `make run`
@@ -25,7 +34,7 @@ kafka-jars: $(STAMP)
 kafka-cluster: $(STAMP) kafka-jars
 	$(BIN)/webhook-bridge broker --engine apache --nodes 3
 
-run: $(STAMP) kafka-jars
+run: $(STAMP) $(COMPILED) kafka-jars
 	$(BIN)/webhook-bridge up --config $(CONFIG)
 
 lint: $(STAMP)
@@ -35,12 +44,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP) tools kafka-jars registry-jars-optional
+pytest: $(STAMP) $(COMPILED) tools kafka-jars registry-jars-optional
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest
 
-bench: $(STAMP)
+bench: $(STAMP) $(COMPILED)
 	@command -v wrk >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq wrk; } \
 	  || { echo "bench: wrk is needed (Debian package wrk)"; exit 1; }
 	$(BIN)/python -m tests.bench.run_all
@@ -52,7 +61,8 @@ compose:
 	docker compose -f deploy/compose/compose.yaml up --build -d
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .state .cache
+	-test -x $(BIN)/python && $(BIN)/python -m deploy.compile --clean
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .state .cache build
 
 include deploy/tools.mk
 

@@ -12,6 +12,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from schemas import compiled
 from schemas.config import add_config_argument
 from schemas.errors import BridgeError, ConfigError
 
@@ -61,6 +62,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(command).parse_args(argv)
     module_name, func = args._target
+    old = compiled.stale()
+    if old:  # it would run code that is no longer in the source
+        print(f"error: {compiled.stale_message(old)}", file=sys.stderr)
+        return 2
     try:
         code = int(getattr(importlib.import_module(module_name), func)(args))
     except ConfigError as exc:

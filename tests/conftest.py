@@ -30,6 +30,7 @@ import pytest
 from deploy import apache_kafka
 from deploy.apache_kafka import ApacheKafka
 from deploy.broker import EmbeddedBroker
+from schemas import compiled
 
 KAFKA_MODES = ("apache", "embedded", "existing", "testcontainers")
 # Test brokers abort a dead producer's timed-out transaction within 1 s of its
@@ -80,16 +81,27 @@ def _mode(config: pytest.Config) -> str:
     return str(cached)
 
 
-def pytest_report_header(config: pytest.Config) -> str:
+def pytest_configure(config: pytest.Config) -> None:
+    # A compiled module older than its source would test code that is not in the source.
+    old = compiled.stale()
+    if old:
+        pytest.exit(compiled.stale_message(old), returncode=2)
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
     mode = _mode(config)
     if mode == "apache":
-        return f"kafka: Apache Kafka {apache_kafka.kafka_version()} (KRaft, from Maven jars)"
-    if mode == "embedded":
+        kafka = f"kafka: Apache Kafka {apache_kafka.kafka_version()} (KRaft, from Maven jars)"
+    elif mode == "embedded":
         why = apache_kafka.missing_prerequisite() or "chosen with --kafka=embedded"
-        return f"kafka: embedded broker (Tansu); real_kafka tests are skipped: {why}"
-    if mode == "existing":
-        return f"kafka: existing cluster at {os.environ['KAFKA_BOOTSTRAP_SERVERS']}"
-    return "kafka: Apache Kafka in Docker (testcontainers)"
+        kafka = f"kafka: embedded broker (Tansu); real_kafka tests are skipped: {why}"
+    elif mode == "existing":
+        kafka = f"kafka: existing cluster at {os.environ['KAFKA_BOOTSTRAP_SERVERS']}"
+    else:
+        kafka = "kafka: Apache Kafka in Docker (testcontainers)"
+    built = compiled.compiled()
+    modules = f"{len(built)} of {len(compiled.HOT_MODULES)} hot modules compiled (mypyc)"
+    return [kafka, f"code: {modules}; the rest as Python"]
 
 
 @pytest.fixture(scope="session")
