@@ -238,6 +238,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             super().on_body(body)
 
     def on_message_complete(self) -> None:
+        # What follows on this connection is a new head: set before a direct request is
+        # answered (which may happen right here), so the answer re-arms the head deadline.
+        self._reading_head = True
         direct = self._direct
         if direct is not None:  # its body: no other request is parsed before it ends
             self._direct = None
@@ -245,7 +248,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._serve(direct)
         else:
             super().on_message_complete()
-        self._reading_head = True  # what follows on this connection is a new head
 
     # ------------------------------------------------------------------ the direct path
     def _take_direct(self, endpoint: WebhookEndpoint) -> bool:

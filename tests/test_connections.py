@@ -139,6 +139,28 @@ def test_each_request_on_a_kept_alive_connection_gets_the_full_head_time(server:
     assert received == b"" and took < 1.5  # then idle: closed
 
 
+@pytest.mark.parametrize("signed", [True, False], ids=["accepted", "refused-401"])
+def test_after_a_webhook_answer_the_next_head_has_the_head_deadline(
+    server: Server, signed: bool
+) -> None:
+    """Both ways the direct path answers (after the publish, or at once from inside the
+    parser's callback) leave the next request's head under the same deadline."""
+    body = sample_body("jiko", event_id=f"next-head-{time.time_ns()}", now=time.time())
+    request = server.signed_post(body) + body
+    if not signed:
+        request = request.replace(b"x-jiko-signature: ", b"x-jiko-signature: A", 1)
+    with server.connect() as sock:
+        sock.sendall(request)
+        head = read_response(sock)
+        assert head.startswith(b"HTTP/1.1 202 " if signed else b"HTTP/1.1 401 "), head
+        started = time.monotonic()
+        sock.sendall(b"POST /webhooks/jiko HTTP/1.1\r\nHost: gw\r\n")
+        send_until_answered(sock, b"X", 50, 0.1)  # a header byte every 0.1 s: 5 s for all
+        received, _ = read_until_closed(sock)
+    assert received.startswith(b"HTTP/1.1 408 ")
+    assert time.monotonic() - started < 3.0
+
+
 def test_a_slow_body_is_not_cut_by_the_head_deadline(server: Server) -> None:
     body = sample_body("jiko", event_id=f"slow-body-{time.time_ns()}", now=time.time())
     with server.connect() as sock:
