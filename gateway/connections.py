@@ -39,6 +39,10 @@ from gateway.app import CLOSE, Pending, Result, WebhookEndpoint, header_map
 from schemas.config import GatewaySettings, SourceSettings
 
 
+class PublishCancelled(Exception):
+    """A publish future was cancelled (nothing does so): answered as a bug, 500."""
+
+
 class _HeadTooLarge(Exception):
     """Raised inside a parser callback to stop parsing a head over the limits."""
 
@@ -309,8 +313,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         assert endpoint is not None
         try:
             result = endpoint.settle(pending)
-        except (Exception, asyncio.CancelledError) as exc:
-            result = endpoint.failed(direct.source, direct.request_id, Exception(exc))
+        except Exception as exc:
+            result = endpoint.failed(direct.source, direct.request_id, exc)
+        except asyncio.CancelledError:  # nothing cancels a publish future; if one ever does
+            result = endpoint.failed(direct.source, direct.request_id, PublishCancelled())
         self._answer(direct, result)
 
     def _body_too_slow(self, direct: _Direct) -> None:
