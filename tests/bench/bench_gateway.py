@@ -473,6 +473,14 @@ secrets = ["JIKO_WEBHOOK_SECRET"]
             continue
         acknowledged = r["requests"] - r["non2xx"]
         stored = len(in_kafka.get(marker, set()))
+        if r["requests"] > args.bodies:  # wrk went round its bodies: ids repeat
+            print(
+                f"{label} ({marker}): {r['requests']:.0f} requests but {args.bodies} unique "
+                "bodies, so ids repeated and the count cannot check losses: rerun with "
+                "--bodies above the requests"
+            )
+            lost = True
+            continue
         lost = lost or stored < acknowledged
         print(
             f"{label} ({marker}): acknowledged (2xx) {acknowledged:.0f}; distinct ids in Kafka "
