@@ -12,6 +12,7 @@ from consumers.fanout.policy import (
     Budget,
     Route,
     RunnerOptions,
+    Slots,
     backoff_s,
     retry_delay_s,
 )
@@ -132,6 +133,61 @@ def test_breaker_opens_after_n_failures_and_probes_after_cooldown() -> None:
         return changes
 
     assert asyncio.run(scenario()) == [True, False]
+
+
+def test_slots_bound_attempts_first_come_first_served() -> None:
+    async def scenario() -> list[int]:
+        slots = Slots(2)
+        running: list[int] = []
+        most = [0]
+        order: list[int] = []
+        gate = asyncio.Event()
+
+        async def attempt(i: int) -> None:
+            await slots.acquire()
+            try:
+                order.append(i)
+                running.append(i)
+                most[0] = max(most[0], len(running))
+                await gate.wait()
+                await asyncio.sleep(0)
+                running.remove(i)
+            finally:
+                slots.release()
+
+        tasks = [asyncio.create_task(attempt(i)) for i in range(8)]
+        await asyncio.sleep(0.01)
+        assert order == [0, 1] and slots.free == 0, "two slots: two attempts, six wait"
+        gate.set()
+        await asyncio.gather(*tasks)
+        assert most[0] == 2 and slots.free == 2
+        return order
+
+    assert asyncio.run(scenario()) == list(range(8)), "waiters get slots in arrival order"
+
+
+def test_slots_survive_cancelled_waiters_and_cancelled_holders() -> None:
+    async def scenario() -> None:
+        slots = Slots(1)
+        await slots.acquire()  # held by us
+        cancelled = asyncio.create_task(slots.acquire())
+        handed = asyncio.create_task(slots.acquire())
+        third = asyncio.create_task(slots.acquire())
+        await asyncio.sleep(0.01)
+        cancelled.cancel()  # gives up while waiting: must not take or lose a slot
+        await asyncio.sleep(0.01)
+        slots.release()  # skips the cancelled waiter, hands the slot to `handed`...
+        handed.cancel()  # ...which is cancelled before it runs: it passes the slot on
+        with pytest.raises(asyncio.CancelledError):
+            await handed
+        await asyncio.wait_for(third, 1)  # the slot reached the next waiter
+        assert cancelled.cancelled() and slots.free == 0
+        slots.release()
+        assert slots.free == 1
+        await asyncio.wait_for(slots.acquire(), 1)  # and is free again, not lost or doubled
+        assert slots.free == 0
+
+    asyncio.run(scenario())
 
 
 def test_commit_prefix_tracks_out_of_order_completion() -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from consumers.fanout.metrics import FanoutMetrics
-from consumers.fanout.policy import Breaker, Budget, retry_delay_s
+from consumers.fanout.policy import Breaker, Budget, Slots, retry_delay_s
 from consumers.sinks.base import DeliveryResult, Event, Sink, SinkError
 from schemas import logs
 from schemas.config import RetrySettings
@@ -51,7 +51,7 @@ class Deliverer:
         self.sink = sink
         self.retry = retry
         self.breaker = breaker
-        self.slots = asyncio.Semaphore(concurrency)
+        self.slots = Slots(concurrency)
         self.sleep = sleep
         name = sink.name
         # the children's fast entry points (schemas/metrics_fast.py): called per delivery
@@ -90,7 +90,8 @@ class Deliverer:
         probe = await self.breaker.acquire() if self.breaker.is_open else False
         recorded = False
         try:
-            async with self.slots:
+            await self.slots.acquire()
+            try:
                 started = time.perf_counter()
                 try:
                     result = await self.sink.deliver(event)
@@ -106,6 +107,8 @@ class Deliverer:
                     result = DeliveryResult.retry(f"sink raised {type(exc).__name__}")
                 if self._duration is not None:
                     self._duration(time.perf_counter() - started)
+            finally:
+                self.slots.release()
             self.breaker.record(result.outcome != "retry", probe)
             recorded = True
             return result
