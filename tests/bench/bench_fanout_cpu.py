@@ -9,6 +9,8 @@ semaphore, breaker and metrics, offset tracking, commits) on uvloop pinned to co
 in batches of up to 500 as the runner asks, and prints CPU microseconds per record:
 
 - ``null``: the sink answers ok at once: what the fan-out itself costs per record;
+- ``yield``: the same, but the sink yields to the loop three times first, as I/O
+  would: lanes then queue for the 64 slots, as they do behind a real receiver;
 - ``http``: the real HTTP sink (aiohttp) posting to bench_fanout's receiver on
   core 1: the fan-out's whole CPU per delivery, as `bench_fanout` measures it, less
   librdkafka.
@@ -85,13 +87,16 @@ class _Consumer:
 
 
 class _NullSink:
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, yields: int = 0) -> None:
         self.name = name
         self.commits_offsets = False
+        self.yields = yields
 
     async def deliver(self, event: Any) -> Any:
         from consumers.sinks.base import DeliveryResult
 
+        for _ in range(self.yields):  # stand-in for I/O: lanes then wait for slots
+            await asyncio.sleep(0)
         return DeliveryResult.ok(200)
 
     async def close(self) -> None:
@@ -152,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--sink", choices=("null", "http"), default="null")
+    parser.add_argument("--sink", choices=("null", "yield", "http"), default="null")
     parser.add_argument("--profile", help="write a cProfile of the last round here")
     args = parser.parse_args(argv)
 
@@ -200,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.sink == "http":
                 sink: Any = build_sink(sink_settings, SinkContext(settings, dict(os.environ)))
             else:
-                sink = _NullSink("http")
+                sink = _NullSink("http", yields=3 if args.sink == "yield" else 0)
             runner = SinkRunner(settings, sink_settings, sink, metrics)
             runner._deliverer = Deliverer(
                 sink, sink_settings.retry, Breaker(10, 5.0), runner.options.concurrency, metrics
