@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import dataclasses
 import os
 import resource
 import subprocess
@@ -159,6 +160,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sink", choices=("null", "yield", "http"), default="null")
     parser.add_argument("--profile", help="write a cProfile of the last round here")
+    parser.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=0,
+        help="the runner's max_in_flight (default: the bench config's 5000); at least "
+        "--records keeps the runner from polling while full, whose cost is per wall-clock "
+        "millisecond, not per record: for instruction counts under valgrind",
+    )
     args = parser.parse_args(argv)
 
     from prometheus_client import CollectorRegistry
@@ -207,6 +216,10 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 sink = _NullSink("http", yields=3 if args.sink == "yield" else 0)
             runner = SinkRunner(settings, sink_settings, sink, metrics)
+            if args.max_in_flight:
+                runner.options = dataclasses.replace(
+                    runner.options, max_in_flight=args.max_in_flight
+                )
             runner._deliverer = Deliverer(
                 sink, sink_settings.retry, Breaker(10, 5.0), runner.options.concurrency, metrics
             )
