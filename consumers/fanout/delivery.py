@@ -12,6 +12,7 @@ Shared by the fan-out runner and `replay`. The sink only classifies one attempt
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +37,12 @@ class Outcome:
     @property
     def delivered(self) -> bool:
         return self.reason == "ok"
+
+
+@functools.lru_cache(maxsize=64)
+def _delivered(status: int | None, attempts: int) -> Outcome:
+    """The `ok` Outcome, one per (status, attempts): it is immutable, made per delivery."""
+    return Outcome("ok", status, attempts)
 
 
 class Deliverer:
@@ -67,7 +74,7 @@ class Deliverer:
             if result.outcome == "ok":
                 if self._age is not None:
                     self._age(max(0.0, time.time() - event.envelope.received_at / 1e6))
-                return Outcome("ok", result.status, budget.attempts)
+                return _delivered(result.status, budget.attempts)
             if result.outcome == "reject":
                 return Outcome("rejected", result.status, budget.attempts, result.reason)
             delay = retry_delay_s(self.retry, budget.attempts, result.retry_after_s)
