@@ -50,6 +50,7 @@ from consumers.sinks.base import (
 )
 from schemas import standard_webhooks
 from schemas.config import SinkSettings, url_problem
+from schemas.deadlines import Deadlines
 from schemas.envelope import micros_to_iso
 from schemas.options import Options
 
@@ -78,7 +79,10 @@ class HttpSink(Sink):
         self.url = url
         self._url = URL(url)
         self._keys = standard_webhooks.Keys([("", key)])
-        self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=connect)
+        # The whole-request bound is ours (one timer for every request in flight); aiohttp
+        # only bounds the connect: its per-request timer cost ~4 % of a delivery's CPU.
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect)
+        self._deadlines = Deadlines(timeout)
         self._ssl, self._proxy_from_env = _transport(self.options)
         self._connections = pool
         self._session: aiohttp.ClientSession | None = None
@@ -125,12 +129,14 @@ class HttpSink(Sink):
         try:
             for attempt in (1, 2):
                 try:
-                    return await self._post(self._session, headers, event.envelope.body)
+                    return await self._deadlines.run(
+                        self._post(self._session, headers, event.envelope.body)
+                    )
                 except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
                     if attempt == 2 or isinstance(exc, aiohttp.ClientConnectorError):
                         raise  # a connect failure is not the idle-close race
             raise AssertionError("unreachable")  # pragma: no cover
-        except TimeoutError:  # aiohttp's connect and read timeouts are TimeoutErrors too
+        except TimeoutError:  # timeout_s (Deadlines), and aiohttp's connect timeout
             return DeliveryResult.retry("timeout")
         except aiohttp.ClientConnectorCertificateError as exc:
             problem = getattr(exc.certificate_error, "verify_message", "") or "bad certificate"
