@@ -16,11 +16,12 @@ Options (``[sinks.<name>]``):
 
 The client is aiohttp: one `ClientSession` per sink, opened on the first delivery, with
 at most `max_connections` keep-alive connections, idle ones dropped after `KEEPALIVE_S`,
-no cookies, no automatic redirects, no decompression. The answer's body is read up to
-`DRAIN_BYTES` so the connection can be reused; a longer one closes the connection
-instead. httpx cost ~2 ms of CPU per request (a few hundred deliveries/s); aiohttp
-costs about twice the instructions per request of the hand-written client it replaced
-(docs/benchmarks.md, "Fan-out", has the figures).
+no cookies, no automatic redirects, no decompression. ``timeout_s`` is kept by one timer
+for all requests in flight (`schemas.deadlines`); aiohttp only times the connect. The
+answer's body is read up to `DRAIN_BYTES` so the connection can be reused; a longer one
+closes the connection instead. httpx cost ~2 ms of CPU per request (a few hundred
+deliveries/s); aiohttp costs about twice the instructions per request of the
+hand-written client it replaced (docs/benchmarks.md, "Fan-out", has the figures).
 
 Outcome: 2xx ok; 408, 429, 5xx, network errors (TLS failures included), timeouts and an
 answer cut short are retried (with ``Retry-After`` honoured); any other status (3xx too:
