@@ -48,7 +48,7 @@ from consumers.sinks.base import Event, Sink
 from schemas import logs
 from schemas.config import Settings, SinkSettings
 from schemas.metrics_fast import adder
-from schemas.records import KafkaHeaders, header_value, is_late, source_of
+from schemas.records import LATE, LATE_VALUES, KafkaHeaders, source_of
 from schemas.serde import EnvelopeDeserializer, SerdeError
 from schemas.topics import names
 
@@ -222,8 +222,16 @@ class SinkRunner:
         headers: KafkaHeaders = list(message.headers() or ())
         value: bytes = message.value() or b""
         provider = self.topics.get(topic, "")
-        ce_type = header_value(headers, "ce_type")
-        ce_source = header_value(headers, "ce_source")
+        # one pass for the three headers read here (the last of repeated ones, as
+        # `header_value` reads them): three scans were a visible cost per record
+        ce_type = ce_source = late = None
+        for name, header in headers:
+            if name == "ce_type":
+                ce_type = header
+            elif name == "ce_source":
+                ce_source = header
+            elif name == LATE:
+                late = header
         if (
             ce_type is not None
             and ce_source is not None
@@ -251,7 +259,7 @@ class SinkRunner:
                 topic=topic,
                 partition=partition,
                 offset=offset,
-                late=is_late(headers),
+                late=late in LATE_VALUES,
             )
         item = _Item(value, key, headers, topic, partition, offset, tracker, event)
         lane_key = (topic, partition, key)
