@@ -10,16 +10,17 @@ verifier can report), so every series exists from the first scrape.
 from __future__ import annotations
 
 import os
-from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from gateway.normalize import FIELDS
 from gateway.publisher import REASONS as PUBLISH_REASONS
 from gateway.verify.base import REASONS, Verifier
+from schemas.metrics_fast import Observer as Observer  # noqa: PLC0414 - re-exported
+from schemas.metrics_fast import adder as adder  # noqa: PLC0414 - re-exported
 
 if TYPE_CHECKING:
     from schemas.config import SourceSettings
@@ -90,35 +91,6 @@ def verified_labels(source: SourceSettings, verifier: Verifier) -> list[tuple[st
 
 
 SIZE_BUCKETS = (256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304)
-
-
-def adder(child: Counter | Gauge) -> Callable[[float], None]:
-    """The labelled child's value store's own ``inc(amount)``: what ``Counter.inc`` ends in,
-    without its per-call checks (label values bound, amount >= 0, exemplar), which the
-    hot path settles once. Same series, same store (a process's mutexed float, or the
-    worker's mmap file in multiprocess mode); `tests/test_metrics.py` holds the two to
-    the same samples."""
-    value: Any = child._value  # prometheus-client's store
-    inc: Callable[[float], None] = value.inc
-    return inc
-
-
-class Observer:
-    """A labelled histogram child's ``observe(amount)``, as prometheus-client does it (the
-    sum, then the first bucket whose bound holds the amount: buckets are stored apart
-    and added up at collection), with a bisection instead of its loop over the bounds."""
-
-    __slots__ = ("_bounds", "_buckets", "_sum")
-
-    def __init__(self, child: Histogram) -> None:
-        internals: Any = child
-        self._bounds: list[float] = list(internals._upper_bounds)  # ends with +Inf
-        self._buckets: list[Callable[[float], None]] = [b.inc for b in internals._buckets]
-        self._sum: Callable[[float], None] = internals._sum.inc
-
-    def observe(self, amount: float) -> None:
-        self._sum(amount)
-        self._buckets[bisect_left(self._bounds, amount)](1)
 
 
 @dataclass

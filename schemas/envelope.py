@@ -6,6 +6,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 ID_ORIGINS = ("PAYLOAD", "HEADER", "BODY_HASH")
@@ -156,4 +157,10 @@ def to_micros(value: object) -> int:
 
 def micros_to_iso(micros: int) -> str:
     seconds, rest = divmod(micros, 1_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{rest:06d}Z"
+    return f"{_second_to_iso(seconds)}.{rest:06d}Z"
+
+
+@lru_cache(maxsize=1024)
+def _second_to_iso(seconds: int) -> str:
+    # once per second of occurred_at: formatting was ~1.5 us per record (gateway, fan-out)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))

@@ -26,6 +26,7 @@ Headers = Sequence[tuple[str, bytes | None]]
 CE_SOURCE_PREFIX = "/webhooks/"
 LATE = "late"
 LATE_HEADER = (LATE, b"1")
+LATE_VALUES = (b"1", b"true")  # what `is_late` takes as late
 QUARANTINE_REASON = "x-quarantine-reason"
 QUARANTINE_STAGE = "x-quarantine-stage"
 ORIGIN_TOPIC, ORIGIN_PARTITION, ORIGIN_OFFSET = (
@@ -69,7 +70,7 @@ def header_value(headers: Headers | None, name: str) -> bytes | None:
 
 
 def is_late(headers: Headers | None) -> bool:
-    return header_value(headers, LATE) in (b"1", b"true")
+    return header_value(headers, LATE) in LATE_VALUES
 
 
 def quarantine_headers(

@@ -12,6 +12,7 @@ from consumers.fanout.policy import (
     Budget,
     Route,
     RunnerOptions,
+    Slots,
     backoff_s,
     retry_delay_s,
 )
@@ -134,6 +135,61 @@ def test_breaker_opens_after_n_failures_and_probes_after_cooldown() -> None:
     assert asyncio.run(scenario()) == [True, False]
 
 
+def test_slots_bound_attempts_first_come_first_served() -> None:
+    async def scenario() -> list[int]:
+        slots = Slots(2)
+        running: list[int] = []
+        most = [0]
+        order: list[int] = []
+        gate = asyncio.Event()
+
+        async def attempt(i: int) -> None:
+            await slots.acquire()
+            try:
+                order.append(i)
+                running.append(i)
+                most[0] = max(most[0], len(running))
+                await gate.wait()
+                await asyncio.sleep(0)
+                running.remove(i)
+            finally:
+                slots.release()
+
+        tasks = [asyncio.create_task(attempt(i)) for i in range(8)]
+        await asyncio.sleep(0.01)
+        assert order == [0, 1] and slots.free == 0, "two slots: two attempts, six wait"
+        gate.set()
+        await asyncio.gather(*tasks)
+        assert most[0] == 2 and slots.free == 2
+        return order
+
+    assert asyncio.run(scenario()) == list(range(8)), "waiters get slots in arrival order"
+
+
+def test_slots_survive_cancelled_waiters_and_cancelled_holders() -> None:
+    async def scenario() -> None:
+        slots = Slots(1)
+        await slots.acquire()  # held by us
+        cancelled = asyncio.create_task(slots.acquire())
+        handed = asyncio.create_task(slots.acquire())
+        third = asyncio.create_task(slots.acquire())
+        await asyncio.sleep(0.01)
+        cancelled.cancel()  # gives up while waiting: must not take or lose a slot
+        await asyncio.sleep(0.01)
+        slots.release()  # skips the cancelled waiter, hands the slot to `handed`...
+        handed.cancel()  # ...which is cancelled before it runs: it passes the slot on
+        with pytest.raises(asyncio.CancelledError):
+            await handed
+        await asyncio.wait_for(third, 1)  # the slot reached the next waiter
+        assert cancelled.cancelled() and slots.free == 0
+        slots.release()
+        assert slots.free == 1
+        await asyncio.wait_for(slots.acquire(), 1)  # and is free again, not lost or doubled
+        assert slots.free == 0
+
+    asyncio.run(scenario())
+
+
 def test_commit_prefix_tracks_out_of_order_completion() -> None:
     t = PartitionTracker()
     for offset in (10, 11, 12, 13):
@@ -237,3 +293,79 @@ def test_route_by_source_glob() -> None:
     assert route.wants("stripe", "invoice.paid", "stripe-test-1")
     assert not route.wants("stripe", "invoice.paid", "stripe-us")
     assert Route().wants("stripe", "invoice.paid", "anything")  # sources default to "*"
+
+
+class _Record:
+    """A consumed record as `SinkRunner._accept` reads it."""
+
+    def __init__(self, offset: int, value: bytes, headers: list[tuple[str, bytes | None]]) -> None:
+        self._offset, self._value, self._headers = offset, value, headers
+
+    def error(self) -> None:
+        return None
+
+    def topic(self) -> str:
+        return "flow.acme.ordered"
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return self._offset
+
+    def key(self) -> bytes:
+        return b"k"
+
+    def value(self) -> bytes:
+        return self._value
+
+    def headers(self) -> list[tuple[str, bytes | None]]:
+        return self._headers
+
+
+def test_accept_routes_on_headers_and_reads_late_as_header_value_does() -> None:
+    """The runner reads ce_type, ce_source and late in one pass: the last of repeated
+    headers counts, routing needs no decode, and `late` is `is_late` of the headers."""
+    from prometheus_client import CollectorRegistry
+
+    from consumers.fanout.metrics import FanoutMetrics
+    from consumers.fanout.runner import SinkRunner
+    from consumers.sinks import SinkContext, build_sink
+    from schemas.records import LATE, ce_headers, is_late
+    from schemas.serde import EnvelopeSerializer
+    from tests.receiver_support import envelope, make_settings
+
+    settings = make_settings(
+        "127.0.0.1:1", "flow", {"l": {"type": "log", "event_types": ["thing.*"]}}
+    )
+    sink = build_sink(settings.sinks["l"], SinkContext(settings, {}))
+    runner = SinkRunner(settings, settings.sinks["l"], sink, FanoutMetrics(CollectorRegistry()))
+    assert "flow.acme.ordered" in runner.topics
+    runner.tracker.assign("flow.acme.ordered", 0)
+    env = envelope("e1", "k", event_type="thing.updated")
+    value = EnvelopeSerializer()(env)
+    ce: list[tuple[str, bytes | None]] = list(ce_headers(env))
+    cases: list[tuple[list[tuple[str, bytes | None]], bool, bool]] = [
+        (ce, True, False),
+        ([*ce, (LATE, b"1")], True, True),
+        ([*ce, (LATE, b"true"), (LATE, b"0")], True, False),  # the last one counts
+        ([*ce, (LATE, None)], True, False),
+        ([*ce, ("ce_type", b"other.thing")], False, False),  # routed out, never decoded
+        ([("ce_type", b"other.thing"), *ce], True, False),
+        ([h for h in ce if h[0] != "ce_source"], True, False),  # routed on the envelope
+    ]
+
+    async def accept_all() -> None:
+        for offset, (headers, kept, late) in enumerate(cases):
+            runner._accept(_Record(offset, value if offset != 4 else b"junk", headers))
+            lane = runner.lanes.pop(("flow.acme.ordered", 0, b"k"), None)
+            task = runner.lane_tasks.pop(("flow.acme.ordered", 0, b"k"), None)
+            if task is not None:
+                task.cancel()
+            assert (lane is not None) == kept, headers
+            if lane is not None:
+                event = lane[0].event
+                assert event is not None and event.envelope == env
+                assert event.late is late is is_late(headers), headers
+
+    asyncio.run(accept_all())

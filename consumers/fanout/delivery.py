@@ -12,16 +12,18 @@ Shared by the fan-out runner and `replay`. The sink only classifies one attempt
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from consumers.fanout.metrics import FanoutMetrics
-from consumers.fanout.policy import Breaker, Budget, retry_delay_s
+from consumers.fanout.policy import Breaker, Budget, Slots, retry_delay_s
 from consumers.sinks.base import DeliveryResult, Event, Sink, SinkError
 from schemas import logs
 from schemas.config import RetrySettings
+from schemas.metrics_fast import Observer, adder
 from schemas.records import KafkaHeaders, dlq_headers
 
 
@@ -37,6 +39,12 @@ class Outcome:
         return self.reason == "ok"
 
 
+@functools.lru_cache(maxsize=64)
+def _delivered(status: int | None, attempts: int) -> Outcome:
+    """The `ok` Outcome, one per (status, attempts): it is immutable, made per delivery."""
+    return Outcome("ok", status, attempts)
+
+
 class Deliverer:
     def __init__(
         self,
@@ -50,12 +58,13 @@ class Deliverer:
         self.sink = sink
         self.retry = retry
         self.breaker = breaker
-        self.slots = asyncio.Semaphore(concurrency)
+        self.slots = Slots(concurrency)
         self.sleep = sleep
         name = sink.name
-        self._retries = metrics.retries.labels(name) if metrics else None
-        self._duration = metrics.duration.labels(name) if metrics else None
-        self._age = metrics.age.labels(name) if metrics else None
+        # the children's fast entry points (schemas/metrics_fast.py): called per delivery
+        self._retries = adder(metrics.retries.labels(name)) if metrics else None
+        self._duration = Observer(metrics.duration.labels(name)).observe if metrics else None
+        self._age = Observer(metrics.age.labels(name)).observe if metrics else None
 
     async def deliver(self, event: Event) -> Outcome:
         budget = Budget(self.retry)
@@ -64,15 +73,15 @@ class Deliverer:
             budget.attempts += 1
             if result.outcome == "ok":
                 if self._age is not None:
-                    self._age.observe(max(0.0, time.time() - event.envelope.received_at / 1e6))
-                return Outcome("ok", result.status, budget.attempts)
+                    self._age(max(0.0, time.time() - event.envelope.received_at / 1e6))
+                return _delivered(result.status, budget.attempts)
             if result.outcome == "reject":
                 return Outcome("rejected", result.status, budget.attempts, result.reason)
             delay = retry_delay_s(self.retry, budget.attempts, result.retry_after_s)
             if not budget.allows_another(delay):
                 return Outcome("budget_exhausted", result.status, budget.attempts, result.reason)
             if self._retries is not None:
-                self._retries.inc()
+                self._retries(1)
             logs.debug(
                 "retrying",
                 sink=self.sink.name,
@@ -88,7 +97,8 @@ class Deliverer:
         probe = await self.breaker.acquire() if self.breaker.is_open else False
         recorded = False
         try:
-            async with self.slots:
+            await self.slots.acquire()
+            try:
                 started = time.perf_counter()
                 try:
                     result = await self.sink.deliver(event)
@@ -103,7 +113,9 @@ class Deliverer:
                     )
                     result = DeliveryResult.retry(f"sink raised {type(exc).__name__}")
                 if self._duration is not None:
-                    self._duration.observe(time.perf_counter() - started)
+                    self._duration(time.perf_counter() - started)
+            finally:
+                self.slots.release()
             self.breaker.record(result.outcome != "retry", probe)
             recorded = True
             return result

@@ -7,6 +7,7 @@ import contextlib
 import fnmatch
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -98,6 +99,48 @@ class Budget:
         if self.attempts >= self.retry.max_attempts:
             return False
         return self.clock() + delay_s - self.started <= self.retry.max_elapsed_s
+
+
+class Slots:
+    """`concurrency` attempts at once, first come first served: an `asyncio.Semaphore`
+    that hands a released slot straight to the longest waiter.
+
+    asyncio's (3.11) walks its waiters on each release and again on each acquire,
+    and waiting lanes are the usual case while a backlog drains (hundreds of lanes,
+    64 slots): ~6 us per contended acquire against ~2 here (docs/benchmarks.md).
+    """
+
+    __slots__ = ("_free", "_waiters")
+
+    def __init__(self, slots: int) -> None:
+        self._free = slots
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def free(self) -> int:
+        return self._free
+
+    async def acquire(self) -> None:
+        if self._free:  # free slots mean nobody waits: a release hands over before freeing
+            self._free -= 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # handed a slot just as we were cancelled: pass it on
+            raise
+
+    def release(self) -> None:
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():  # cancelled waiters are skipped here
+                waiter.set_result(None)
+                return
+        self._free += 1
 
 
 class Breaker:

@@ -63,6 +63,11 @@ class DeliveryResult:
 
     @classmethod
     def ok(cls, status: int | None = None) -> DeliveryResult:
+        if cls is DeliveryResult:  # immutable: one per status (2xx or None), made once
+            found = _OK.get(status)
+            if found is None:
+                found = _OK[status] = cls("ok", status)
+            return found
         return cls("ok", status)
 
     @classmethod
@@ -74,6 +79,9 @@ class DeliveryResult:
     @classmethod
     def reject(cls, reason: str, status: int | None = None) -> DeliveryResult:
         return cls("reject", status, None, reason)
+
+
+_OK: dict[int | None, DeliveryResult] = {}
 
 
 @dataclass(frozen=True)
