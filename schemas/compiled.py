@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 HOT_MODULES = (
     "schemas/envelope.py",
     "schemas/avro_writer.py",
+    "schemas/avro_reader.py",
     "schemas/records.py",
     "schemas/selectors.py",
     "gateway/normalize.py",

@@ -7,6 +7,7 @@ deserializer must return the same envelope or raise the same SerdeError with it 
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import warnings
 
@@ -51,7 +52,7 @@ def outcome(deserialize: EnvelopeDeserializer, data: bytes) -> tuple[str, object
 
 
 def _fields(env: Envelope) -> dict[str, object]:
-    return {name: getattr(env, name) for name in Envelope.__slots__}
+    return {f.name: getattr(env, f.name) for f in dataclasses.fields(Envelope)}
 
 
 def in_datetime_range(env: Envelope) -> bool:
