@@ -16,7 +16,6 @@ import contextlib
 import random
 import re
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ from gateway.sources import build_verifiers
 from gateway.verify.base import REASONS, InboundRequest, Verifier
 from schemas import logs
 from schemas.config import Settings, SourceSettings
+from schemas.deadlines import Deadlines
 from schemas.envelope import Envelope
 from schemas.errors import VerificationError
 from schemas.process import broker_reachable_gauge
@@ -106,69 +106,6 @@ async def read_body(receive: Receive, limit: int) -> bytes:
             return b"".join(chunks)
 
 
-class _Reading:
-    __slots__ = ("cancelling", "due", "expired", "task")
-
-    def __init__(self, due: float, task: asyncio.Task[object] | None) -> None:
-        self.due = due
-        self.task = task  # None once the read ended
-        self.cancelling = task.cancelling() if task is not None else 0
-        self.expired = False
-
-
-class BodyDeadlines:
-    """`asyncio.timeout` for body reads, with one timer for all of them: a timeout's own
-    timer (armed and cancelled per request) cost more than the rest of reading a body
-    that is already there, as it nearly always is. Reads are due in the order they
-    began (one `timeout_s`), so a deque holds them and one timer, at the first due time
-    plus `slack_s`, cancels every overdue read; `read` turns that cancellation into a
-    TimeoutError as asyncio.timeout does. A read ends at most `slack_s` late."""
-
-    def __init__(self, timeout_s: float, slack_s: float = 0.05) -> None:
-        self.timeout_s = timeout_s
-        self.slack_s = min(slack_s, timeout_s / 4)
-        self._due: deque[_Reading] = deque()
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_loop: asyncio.AbstractEventLoop | None = None  # a new loop arms anew
-
-    async def read(self, receive: Receive, limit: int) -> bytes:
-        """`read_body(receive, limit)`, or TimeoutError once `timeout_s` has passed."""
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        due = self._due
-        if self._timer_loop is not loop:  # another loop's reads and timer are not ours
-            due.clear()
-            self._timer, self._timer_loop = None, loop
-        while due and due[0].task is None:  # reads that ended: nothing to watch there
-            due.popleft()
-        reading = _Reading(loop.time() + self.timeout_s, task)
-        due.append(reading)
-        if self._timer is None:
-            self._timer = loop.call_at(reading.due + self.slack_s, self._sweep)
-        try:
-            return await read_body(receive, limit)
-        except asyncio.CancelledError:
-            if reading.expired and task is not None and task.uncancel() <= reading.cancelling:
-                raise TimeoutError from None
-            raise
-        finally:
-            reading.task = None
-
-    def _sweep(self) -> None:
-        loop = asyncio.get_running_loop()
-        now, due = loop.time(), self._due
-        self._timer = None
-        try:
-            while due and (due[0].due <= now or due[0].task is None):
-                reading = due.popleft()
-                if reading.task is not None:
-                    reading.expired = True
-                    reading.task.cancel()
-        finally:  # whatever happened, the reads still due keep a timer
-            if due:
-                self._timer = loop.call_at(due[0].due + self.slack_s, self._sweep)
-
-
 def header_map(pairs: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
     """The request's headers by lower-case name; the first of repeated ones, as Starlette does."""
     out: dict[str, str] = {}
@@ -222,7 +159,7 @@ class WebhookEndpoint:
         self.clock = clock
         self.max_in_flight = settings.gateway.max_in_flight
         self.body_timeout_s = settings.gateway.body_timeout_s
-        self.body_deadlines = BodyDeadlines(self.body_timeout_s)
+        self.body_deadlines = Deadlines(self.body_timeout_s)  # one timer for all body reads
         self.in_flight = 0
         self._verified: dict[tuple[str, str, str, str], Callable[[float], None]] = {}
 
@@ -240,7 +177,7 @@ class WebhookEndpoint:
             result = self.refuse(scope["method"], source, headers)
             if result is None:
                 try:
-                    raw = await self.body_deadlines.read(receive, source.body_limit)
+                    raw = await self.body_deadlines.run(read_body(receive, source.body_limit))
                 except _BodyTooLarge:
                     result = self.answer("too_large", CLOSE)
                 except TimeoutError:

@@ -14,17 +14,18 @@ open, and a head of any size is parsed and buffered. `guarded_protocol` adds:
 
 The direct path. uvicorn serves a request by building an ASGI scope and a cycle object,
 starting a task for it, handing the body over as messages and writing the answer in two
-writes (head, then body). For the request this gateway exists for, that was a third of the
-CPU of the whole request (docs/benchmarks.md). So a ``POST /webhooks/{source}`` of a known
-source, with a Content-Length within the source's limit, arriving on a connection with no
-request in flight, is served here: the body is collected as the parser hands it over, the
-endpoint's own steps run when it is complete (`WebhookEndpoint.accept`), the acknowledgement
-answers it from a callback of the publish future (`settle`), and the answer leaves in one
-write, with uvicorn's default headers. Everything else (other paths and methods, unknown
-sources, chunked bodies, ``Expect: 100-continue``, a query string, a request pipelined
-behind another, a mounted root path) takes uvicorn's ASGI path to the same endpoint, which
-answers the same, so behaviour does not depend on the path taken. A body that does not
-arrive within ``gateway.body_timeout_s`` is answered 408, as on the ASGI path.
+writes (head, then body). For the request this gateway exists for, skipping that took a
+ninth to a third off the CPU of the whole request (docs/benchmarks.md). So a
+``POST /webhooks/{source}`` of a known source, with a Content-Length within the source's
+limit, arriving on a connection with no request in flight, is served here: the body is
+collected as the parser hands it over, the endpoint's own steps run when it is complete
+(`WebhookEndpoint.accept`), the acknowledgement answers it from a callback of the publish
+future (`settle`), and the answer leaves in one write, with uvicorn's default headers.
+Everything else (other paths and methods, unknown sources, chunked bodies,
+``Expect: 100-continue``, a query string, a request pipelined behind another, a mounted
+root path) takes uvicorn's ASGI path to the same endpoint, which answers the same, so
+behaviour does not depend on the path taken. A body that does not arrive within
+``gateway.body_timeout_s`` is answered 408, as on the ASGI path.
 """
 
 from __future__ import annotations
@@ -306,7 +307,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if isinstance(step, Pending):
             step.future.add_done_callback(lambda _f: self._settle(direct, step))
         else:
-            self._answer(direct, step)
+            self._respond(direct, step)
 
     def _settle(self, direct: _Direct, pending: Pending) -> None:
         endpoint = self._endpoint
@@ -317,7 +318,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             result = endpoint.failed(direct.source, direct.request_id, exc)
         except asyncio.CancelledError:  # nothing cancels a publish future; if one ever does
             result = endpoint.failed(direct.source, direct.request_id, PublishCancelled())
-        self._answer(direct, result)
+        self._respond(direct, result)
 
     def _body_too_slow(self, direct: _Direct) -> None:
         direct.body_timer = None
@@ -326,9 +327,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._direct = None
         self._stop_reading(direct)
         assert self._endpoint is not None
-        self._answer(direct, self._endpoint.answer("too_slow", CLOSE))
+        self._respond(direct, self._endpoint.answer("too_slow", CLOSE))
 
-    def _answer(self, direct: _Direct, result: Result) -> None:
+    def _respond(self, direct: _Direct, result: Result) -> None:
         """Count the request, then write its answer in one write, as uvicorn would have
         written it (its default headers; ``connection: close`` when not kept alive)."""
         endpoint = self._endpoint

@@ -6,8 +6,8 @@ more than the rest of many short awaits. Calls of one `timeout_s` are due in the
 order they began, so a deque holds them and one timer, at the first due time plus
 `slack_s`, cancels every overdue call; `run` turns that cancellation into a
 TimeoutError as `asyncio.timeout` does (a cancellation from elsewhere stays one).
-A call ends at most `slack_s` late. Used by the HTTP sink per delivery; the
-gateway's `BodyDeadlines` is the same algorithm for body reads.
+A call ends at most `slack_s` late. Used by the HTTP sink per delivery and by the
+gateway's ASGI path for body reads (`body_timeout_s`).
 """
 
 from __future__ import annotations
