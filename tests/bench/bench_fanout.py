@@ -103,6 +103,25 @@ def pinned(cpu: int) -> Any:
     return pin
 
 
+def start_receiver(port: int, **popen: Any) -> subprocess.Popen[bytes]:
+    """The bench's receiver (`--serve PORT`) on core 1, once it answers."""
+    receiver = subprocess.Popen(
+        [sys.executable, "-m", "tests.bench.bench_fanout", "--serve", str(port)],
+        preexec_fn=pinned(1),
+        **popen,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            stats(port)
+            return receiver
+        except OSError:
+            if time.monotonic() > deadline:
+                receiver.kill()
+                raise
+            time.sleep(0.2)
+
+
 def envelopes(n: int, start: int, paced: bool) -> Any:
     from schemas.envelope import Envelope, Verification
 
@@ -299,23 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     procs: list[subprocess.Popen[bytes]] = []
     rows: list[tuple[str, ...]] = []
     try:
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "tests.bench.bench_fanout", "--serve", str(port)],
-                cwd=REPO,
-                env=env,
-                preexec_fn=pinned(1),
-            )
-        )
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                stats(port)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+        procs.append(start_receiver(port, cwd=REPO, env=env))
         for sink in [s for s in ("http", "kafka") if s in args.sinks.split(",")]:
             with tempfile.TemporaryDirectory() as tmp:
                 config = Path(tmp) / "bench.toml"

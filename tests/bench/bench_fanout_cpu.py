@@ -27,14 +27,11 @@ import cProfile
 import dataclasses
 import os
 import resource
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-from tests.bench.bench_fanout import PARTITIONS, SECRET, envelopes, pinned, stats
+from tests.bench.bench_fanout import PARTITIONS, SECRET, envelopes, start_receiver
 
 
 class _Message:
@@ -185,19 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     port = free_port()
     receiver = None
     if args.sink == "http":
-        receiver = subprocess.Popen(
-            [sys.executable, "-m", "tests.bench.bench_fanout", "--serve", str(port)],
-            preexec_fn=pinned(1),
-        )
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                stats(port)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+        receiver = start_receiver(port)
     if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
         os.sched_setaffinity(0, {0})
     try:
