@@ -84,7 +84,6 @@ class _Direct:
         "disconnected",
         "headers",
         "keep_alive",
-        "reading",
         "request_id",
         "response_complete",
         "source",
@@ -101,7 +100,6 @@ class _Direct:
         self.keep_alive = keep_alive
         self.started = time.perf_counter()
         self.body = bytearray()
-        self.reading = True  # the body is still coming
         self.body_timer: asyncio.TimerHandle | None = None
         self.response_complete = False
         self.disconnected = False
@@ -288,7 +286,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         return True
 
     def _stop_reading(self, direct: _Direct) -> None:
-        direct.reading = False
         if direct.body_timer is not None:
             direct.body_timer.cancel()
             direct.body_timer = None
