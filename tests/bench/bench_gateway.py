@@ -52,6 +52,7 @@ from tests.bench.common import (
     python,
     stop,
     table,
+    thread_seconds,
     wait_http,
 )
 from tests.support import read_topic
@@ -171,18 +172,10 @@ def cpu_seconds(pid: int) -> float:
 def thread_cpu(pid: int) -> dict[str, float]:
     """CPU seconds of each thread of a process, by thread name (librdkafka names its
     threads rdk:main, rdk:broker<N>, ...; threads of one name are added up)."""
-    tick = os.sysconf("SC_CLK_TCK")
     out: dict[str, float] = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/stat", encoding="ascii") as stat:
-                head, rest = stat.read().rsplit(")", 1)
-        except OSError:
-            continue
-        fields = rest.split()
-        name = head.split("(", 1)[1]
+    for (name, _tid), seconds in thread_seconds(pid).items():
         name = re.sub(r"\d+$", "N", name) if name.startswith("rdk:broker") else name
-        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+        out[name] = out.get(name, 0.0) + seconds
     return out
 
 

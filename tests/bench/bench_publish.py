@@ -32,7 +32,7 @@ import uvloop
 from deploy.topics import ensure_topics
 from gateway.publisher import Publisher
 from schemas.topics import TopicSpec
-from tests.bench.common import BenchBroker, add_broker_argument, machine
+from tests.bench.common import BenchBroker, add_broker_argument, machine, thread_seconds
 
 HEADERS = [
     ("ce_specversion", b"1.0"),
@@ -99,18 +99,7 @@ class ThreadPolledPublisher(Publisher):
 def thread_cpu() -> dict[tuple[str, str], float]:
     """CPU seconds by (thread name, thread id): a closed producer's threads may linger
     until it is collected, under the same names as the next one's."""
-    tick = os.sysconf("SC_CLK_TCK")
-    out: dict[tuple[str, str], float] = {}
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            with open(f"/proc/self/task/{tid}/stat", encoding="ascii") as stat:
-                head, rest = stat.read().rsplit(")", 1)
-        except OSError:
-            continue
-        fields = rest.split()
-        name = re.sub(r"\d+$", "N", head.split("(", 1)[1])
-        out[name, tid] = (int(fields[11]) + int(fields[12])) / tick
-    return out
+    return {(re.sub(r"\d+$", "N", name), tid): s for (name, tid), s in thread_seconds().items()}
 
 
 def spin(us: float) -> None:

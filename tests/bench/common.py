@@ -162,3 +162,19 @@ def broker_config(args: object) -> dict[str, str]:
     """`--broker-config KEY=VALUE` options as a dict."""
     pairs = getattr(args, "broker_config", None) or []
     return dict(pair.split("=", 1) for pair in pairs)
+
+
+def thread_seconds(pid: int | str = "self") -> dict[tuple[str, str], float]:
+    """CPU seconds (user + system) of each thread of a process, from /proc, by (thread
+    name, thread id). A thread that ends while this reads is left out."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[tuple[str, str], float] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat", encoding="ascii") as stat:
+                head, rest = stat.read().rsplit(")", 1)
+        except OSError:
+            continue
+        fields = rest.split()
+        out[head.split("(", 1)[1], tid] = (int(fields[11]) + int(fields[12])) / tick
+    return out
