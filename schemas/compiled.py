@@ -24,6 +24,7 @@ HOT_MODULES = (
     "schemas/records.py",
     "schemas/selectors.py",
     "gateway/normalize.py",
+    "gateway/verify/base.py",
     "gateway/verify/common.py",
     "gateway/verify/hmac_scheme.py",
 )

@@ -56,7 +56,9 @@ class Secret:
         return f"Secret(key_id={self.key_id!r}, value=<redacted>)"
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen (a frozen dataclass's __init__ is ~4x as dear; see schemas/envelope.py):
+# values all the same, that nothing changes once built.
+@dataclass(slots=True)
 class InboundRequest:
     """What a verifier sees: header names lower-cased, the body exactly as received."""
 
@@ -64,7 +66,7 @@ class InboundRequest:
     body: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class VerifiedRequest:
     """Proof that `request` passed `scheme`. Built only by verifiers."""
 

@@ -170,10 +170,11 @@ def cpu_seconds(pid: int) -> float:
 
 
 def thread_cpu(pid: int) -> dict[str, float]:
-    """CPU seconds of each thread of a process, by thread name (librdkafka names its
-    threads rdk:main, rdk:broker<N>, ...; threads of one name are added up)."""
+    """CPU seconds of each thread of a process, by thread name, user and system time apart
+    (librdkafka names its threads rdk:main, rdk:broker<N>, ...; threads of one name are
+    added up)."""
     out: dict[str, float] = {}
-    for (name, _tid), seconds in thread_seconds(pid).items():
+    for (name, _tid), seconds in thread_seconds(pid, split=True).items():
         name = re.sub(r"\d+$", "N", name) if name.startswith("rdk:broker") else name
         out[name] = out.get(name, 0.0) + seconds
     return out

@@ -164,9 +164,10 @@ def broker_config(args: object) -> dict[str, str]:
     return dict(pair.split("=", 1) for pair in pairs)
 
 
-def thread_seconds(pid: int | str = "self") -> dict[tuple[str, str], float]:
+def thread_seconds(pid: int | str = "self", split: bool = False) -> dict[tuple[str, str], float]:
     """CPU seconds (user + system) of each thread of a process, from /proc, by (thread
-    name, thread id). A thread that ends while this reads is left out."""
+    name, thread id). A thread that ends while this reads is left out. `split`: user and
+    system time apart, the system part under the thread's name + " (sys)"."""
     tick = os.sysconf("SC_CLK_TCK")
     out: dict[tuple[str, str], float] = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
@@ -176,5 +177,10 @@ def thread_seconds(pid: int | str = "self") -> dict[tuple[str, str], float]:
         except OSError:
             continue
         fields = rest.split()
-        out[head.split("(", 1)[1], tid] = (int(fields[11]) + int(fields[12])) / tick
+        name = head.split("(", 1)[1]
+        if split:
+            out[name, tid] = int(fields[11]) / tick
+            out[name + " (sys)", tid] = int(fields[12]) / tick
+        else:
+            out[name, tid] = (int(fields[11]) + int(fields[12])) / tick
     return out
