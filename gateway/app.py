@@ -396,7 +396,9 @@ class WebhookEndpoint:
         inc = self._verified.get(labels)
         if inc is None:  # bounded: configured sources x their keys x scheme modes
             # (pre-created from the config at start: a plugin may report more)
-            inc = self._verified[labels] = adder(self.metrics.verified.labels(*labels))
+            inc = self._verified[labels] = adder(
+                self.metrics.verified.labels(*labels), loop_only=True
+            )
         return inc
 
     @staticmethod

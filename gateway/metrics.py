@@ -111,10 +111,13 @@ class SourceMetrics:
     observe_body_size: Callable[[float], None] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.count_outcome = {o: adder(c) for o, c in self.outcomes.items()}
-        self.observe_publish = {o: Observer(h).observe for o, h in self.publish.items()}
-        self.observe_request = Observer(self.request).observe
-        self.observe_body_size = Observer(self.body_size).observe
+        # Only the event loop's thread serves requests: no lock (schemas/metrics_fast.py).
+        self.count_outcome = {o: adder(c, loop_only=True) for o, c in self.outcomes.items()}
+        self.observe_publish = {
+            o: Observer(h, loop_only=True).observe for o, h in self.publish.items()
+        }
+        self.observe_request = Observer(self.request, loop_only=True).observe
+        self.observe_body_size = Observer(self.body_size, loop_only=True).observe
 
 
 class GatewayMetrics:

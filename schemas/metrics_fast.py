@@ -16,29 +16,63 @@ from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.values import MutexValue
+
+# `loop_only=True`: the caller promises that only one thread (the event loop's) ever
+# updates this child. Then a one-process store (MutexValue: a float behind a lock) is
+# added to directly, without taking its lock: 0.04 instead of 0.27 us per update, eight
+# updates per gateway request. A scrape from another thread still reads a whole float
+# (the GIL makes the store's read and write atomic), at worst one update old. The
+# workers' mmap stores (multiprocess mode) always go through their own inc().
 
 
-def adder(child: Counter | Gauge) -> Callable[[float], None]:
+def _store(child: Any) -> Any:
+    return child._value  # prometheus-client's value store of a labelled child
+
+
+def _unlocked(store: Any) -> Callable[[float], None]:
+    def inc(amount: float) -> None:
+        store._value += amount
+
+    return inc
+
+
+def adder(child: Counter | Gauge, *, loop_only: bool = False) -> Callable[[float], None]:
     """The labelled child's value store's own ``inc(amount)``: what ``Counter.inc`` ends in,
-    without its per-call checks."""
-    value: Any = child._value  # prometheus-client's store
-    inc: Callable[[float], None] = value.inc
+    without its per-call checks (and without the store's lock when `loop_only`)."""
+    store = _store(child)
+    if loop_only and type(store) is MutexValue:
+        return _unlocked(store)
+    inc: Callable[[float], None] = store.inc
     return inc
 
 
 class Observer:
     """A labelled histogram child's ``observe(amount)``, as prometheus-client does it (the
     sum, then the first bucket whose bound holds the amount: buckets are stored apart
-    and added up at collection), with a bisection instead of its loop over the bounds."""
+    and added up at collection), with a bisection instead of its loop over the bounds
+    (and without the stores' locks when `loop_only`)."""
 
-    __slots__ = ("_bounds", "_buckets", "_sum")
+    __slots__ = ("_bounds", "_buckets", "_sum", "observe")
 
-    def __init__(self, child: Histogram) -> None:
+    def __init__(self, child: Histogram, *, loop_only: bool = False) -> None:
         internals: Any = child
         self._bounds: list[float] = list(internals._upper_bounds)  # ends with +Inf
-        self._buckets: list[Callable[[float], None]] = [b.inc for b in internals._buckets]
-        self._sum: Callable[[float], None] = internals._sum.inc
+        stores = [internals._sum, *internals._buckets]
+        self.observe: Callable[[float], None]
+        if loop_only and all(type(store) is MutexValue for store in stores):
+            self._sum = stores[0]
+            self._buckets = stores[1:]
+            self.observe = self._observe_unlocked
+        else:
+            self._sum = stores[0].inc
+            self._buckets = [store.inc for store in stores[1:]]
+            self.observe = self._observe
 
-    def observe(self, amount: float) -> None:
+    def _observe(self, amount: float) -> None:
         self._sum(amount)
         self._buckets[bisect_left(self._bounds, amount)](1)
+
+    def _observe_unlocked(self, amount: float) -> None:  # see `loop_only` above
+        self._sum._value += amount
+        self._buckets[bisect_left(self._bounds, amount)]._value += 1
