@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
@@ -31,6 +33,8 @@ def test_the_hot_paths_fast_entry_points_record_what_prometheus_client_would(
         counter = Counter("c", "c", ["source"], registry=registry).labels("a")
         histogram = Histogram("h", "h", ["source"], buckets=buckets, registry=registry)
         child = histogram.labels("a")
+        inc: Callable[[float], None]
+        observe: Callable[[float], None]
         if way == "prometheus-client":
             inc, observe = counter.inc, child.observe
         else:
@@ -63,7 +67,7 @@ def test_loop_only_skips_the_lock_of_a_one_process_store_only() -> None:
     counter = Counter("c", "c", ["source"], registry=registry).labels("a")
     child = Histogram("h", "h", ["source"], buckets=(1.0,), registry=registry).labels("a")
     inc, observe = adder(counter, loop_only=True), Observer(child, loop_only=True).observe
-    stores = [counter._value, child._sum, *child._buckets]  # type: ignore[attr-defined]
+    stores = [counter._value, child._sum, *child._buckets]
     locks = [store._lock for store in stores]
     for store in stores:
         store._lock = Untouchable()
@@ -73,9 +77,9 @@ def test_loop_only_skips_the_lock_of_a_one_process_store_only() -> None:
         adder(counter)(1)
     for store, lock in zip(stores, locks, strict=True):
         store._lock = lock
-    assert counter._value.get() == 2  # type: ignore[attr-defined]
-    assert child._sum.get() == 0.5  # type: ignore[attr-defined]
-    assert child._buckets[0].get() == 1  # type: ignore[attr-defined]
+    assert counter._value.get() == 2
+    assert child._sum.get() == 0.5
+    assert child._buckets[0].get() == 1
 
     class OtherStore:
         def __init__(self) -> None:
@@ -85,9 +89,9 @@ def test_loop_only_skips_the_lock_of_a_one_process_store_only() -> None:
             self.added += amount
 
     other = Counter("d", "d", ["source"], registry=registry).labels("a")
-    other._value = OtherStore()  # type: ignore[attr-defined]
+    other._value = OtherStore()
     adder(other, loop_only=True)(3)
-    assert other._value.added == 3  # type: ignore[attr-defined]
+    assert other._value.added == 3
 
 
 def test_the_gateway_uses_these() -> None:
