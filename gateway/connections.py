@@ -36,7 +36,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from gateway.app import CLOSE, Pending, Result, WebhookEndpoint, header_map
+from gateway.endpoint import CLOSE, Pending, Result, WebhookEndpoint, header_map
 from schemas.config import GatewaySettings, SourceSettings
 
 
@@ -61,8 +61,24 @@ HEAD_TOO_SLOW = _answer(408, "Request Timeout", "request head not received in ti
 LINGER_S = 2.0  # after refusing a head: how long its remaining bytes are read and dropped
 
 
-WEBHOOKS = b"/webhooks/"
+WEBHOOKS = "/webhooks/"
 CLOSE_HEADER = (b"connection", b"close")
+
+
+class _DefaultLines:
+    """uvicorn's default response headers (server, date) as header lines. uvicorn replaces
+    its list once a second (a new date); the lines are joined again only then, not for
+    every answer."""
+
+    headers: list[tuple[bytes, bytes]] | None = None  # held: an identity check is sound
+    lines = b""
+
+    @classmethod
+    def of(cls, default_headers: list[tuple[bytes, bytes]]) -> bytes:
+        if default_headers is not cls.headers:
+            cls.lines = b"".join(name + b": " + value + b"\r\n" for name, value in default_headers)
+            cls.headers = default_headers
+        return cls.lines
 
 
 class _NoEvent:
@@ -211,9 +227,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        # uvicorn's on_header, with the head's size counted (one call per field, not two)
+        # uvicorn's on_header, with the head's size counted (one call per field, not two;
+        # `_count_head` inline: this runs for every header of every request)
         self._head_fields += 1
-        self._count_head(len(name) + len(value) + 4)  # ": " and CRLF
+        self._head_size += len(name) + len(value) + 4  # ": " and CRLF
+        if self._head_size > self.max_header_bytes or self._head_fields > self.max_headers:
+            self._refused = True
+            raise _HeadTooLarge  # the parser stops; uvicorn calls send_400_response
         name = name.lower()
         if name == b"expect" and value.lower() == b"100-continue":
             self.expect_100_continue = True
@@ -260,15 +280,17 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return False
         if self.cycle is not None and not self.cycle.response_complete:
             return False  # behind a request in flight: uvicorn queues it
-        url = self.url
-        if not url.startswith(WEBHOOKS) or b"?" in url or b"%" in url or parser.should_upgrade():
+        # Tested as text: `b"?" in url` makes bytes.__contains__ try the needle as an
+        # integer first and format a TypeError, ten times the cost of a str test.
+        url = self.url.decode("latin-1")
+        if not url.startswith(WEBHOOKS) or "?" in url or "%" in url or parser.should_upgrade():
             return False
         name = url[len(WEBHOOKS) :]
-        if name.endswith(b"/"):
+        if name.endswith("/"):
             name = name[:-1]
-        if not name or b"/" in name or not name.isascii():
+        if not name or "/" in name or not name.isascii():
             return False
-        source = endpoint.sources.get(name.decode("ascii"))
+        source = endpoint.sources.get(name)
         if source is None:
             return False
         headers = header_map(self.headers)
@@ -338,11 +360,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self.transport.is_closing():  # the client left: the publish stands, nobody to tell
             return
         payload, headers = endpoint.render(status, body, extra, direct.request_id)
-        closes = any(pair == CLOSE_HEADER for pair in extra)  # too_slow says close
+        closes = CLOSE_HEADER in extra  # too_slow says close
         keep_alive = direct.keep_alive and not closes
-        content = [STATUS_LINE[status]]
-        for name, value in self.server_state.default_headers:
-            content += (name, b": ", value, b"\r\n")
+        content = [STATUS_LINE[status], _DefaultLines.of(self.server_state.default_headers)]
         for name, value in headers:
             content += (name, b": ", value, b"\r\n")
         if not keep_alive and not closes:

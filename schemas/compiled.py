@@ -25,6 +25,7 @@ HOT_MODULES = (
     "schemas/selectors.py",
     "gateway/normalize.py",
     "gateway/verify/base.py",
+    "gateway/endpoint.py",
     "gateway/verify/common.py",
     "gateway/verify/hmac_scheme.py",
 )

@@ -299,7 +299,7 @@ def label_domains(settings: Settings) -> dict[str, dict[str, frozenset[str]]]:
     from consumers import compactor, reorderer
     from consumers.fanout.metrics import DLQ_REASONS
     from consumers.metrics import PROCESSES, QUARANTINE_REASONS
-    from gateway.app import ANSWERS
+    from gateway.endpoint import ANSWERS
     from gateway.metrics import (
         DELIVERY_ERRORS,
         OUTCOMES,

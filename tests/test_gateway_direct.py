@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from deploy.samples import sample_body
 from deploy.topics import ensure_topics
-from gateway.app import WebhookEndpoint, create_app
+from gateway.app import GatewayApp, create_app
 from gateway.sources import verify_context
 from gateway.verify import sign_request
 from schemas.config import Settings
@@ -96,17 +96,18 @@ def read_answers(sock: socket.socket, count: int) -> list[tuple[int, dict[str, s
     return answers
 
 
-def test_a_plain_webhook_post_never_reaches_the_asgi_endpoint(
+def test_a_plain_webhook_post_never_reaches_the_asgi_app(
     server: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With the endpoint's ASGI entry broken, a plain POST is still accepted and published
-    (the connection served it), while the same POST with a query string, which takes the
-    ASGI path, meets the broken entry."""
+    """With the ASGI app's entry broken (what uvicorn calls for every request it serves
+    itself; the compiled endpoint's own methods cannot be patched), a plain POST is still
+    accepted and published (the connection served it), while the same POST with a query
+    string, which takes the ASGI path, meets the broken entry."""
 
     async def broken(*_args: Any) -> None:
         raise RuntimeError("the ASGI entry was called")
 
-    monkeypatch.setattr(WebhookEndpoint, "__call__", broken)
+    monkeypatch.setattr(GatewayApp, "__call__", broken)
     plain, queried = body(1), body(2)
     with socket.create_connection(server.address, timeout=10) as sock:
         sock.sendall(server.request(plain, "plain"))

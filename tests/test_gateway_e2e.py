@@ -334,7 +334,7 @@ def test_client_disconnecting_mid_body_is_not_an_error(gateway: Gateway) -> None
     """The ASGI endpoint itself: a disconnect mid-body raises nothing and answers nothing."""
     import asyncio
 
-    from gateway.app import WebhookEndpoint
+    from gateway.endpoint import WebhookEndpoint
 
     app = create_app(gateway.settings)
     from starlette.routing import Route

@@ -224,7 +224,7 @@ def test_label_domains_cover_every_label_the_code_defines() -> None:
 def test_every_gateway_answer_has_a_counted_outcome() -> None:
     """`ANSWERS` is the one table of answers; each outcome's series exists from the start
     (GatewayMetrics pre-creates OUTCOMES), or counting that answer would raise KeyError."""
-    from gateway.app import ANSWERS
+    from gateway.endpoint import ANSWERS
     from gateway.metrics import OUTCOMES
 
     answered = {answer.outcome for answer in ANSWERS.values()}
