@@ -102,17 +102,28 @@ Result = tuple[int, str, dict[str, str], list[tuple[bytes, bytes]]]
 """What the endpoint answers: status, outcome (metric label), JSON body, extra headers."""
 
 
-@dataclass(slots=True)
 class Pending:
     """A request whose envelope is on its way to Kafka: `settle` answers it once `future`
-    is done (acknowledged, or failed with a PublishError)."""
+    is done (acknowledged, or failed with a PublishError). A plain class, not a dataclass:
+    compiled, its __init__ is C (a dataclass's is generated Python)."""
 
-    source: SourceSettings
-    envelope: Envelope
-    topic: str
-    request_id: str
-    future: asyncio.Future[None]
-    started: float  # perf_counter when the publish began
+    __slots__ = ("envelope", "future", "request_id", "source", "started", "topic")
+
+    def __init__(
+        self,
+        source: SourceSettings,
+        envelope: Envelope,
+        topic: str,
+        request_id: str,
+        future: asyncio.Future[None],
+        started: float,  # perf_counter when the publish began
+    ) -> None:
+        self.source = source
+        self.envelope = envelope
+        self.topic = topic
+        self.request_id = request_id
+        self.future = future
+        self.started = started
 
 
 class WebhookEndpoint:
@@ -135,6 +146,7 @@ class WebhookEndpoint:
         self.sources: dict[str, SourceSettings] = dict(settings.sources)
         self.verifiers = verifiers
         self.topics: TopicNames = names(settings)
+        self._raw_topics = {n: self.topics.raw(s.provider) for n, s in self.sources.items()}
         self.publisher = publisher
         self.serializer = serializer
         self.metrics = metrics
@@ -186,7 +198,9 @@ class WebhookEndpoint:
     def request_id(headers: Mapping[str, str]) -> str:
         """The caller's X-Request-Id if it is a sane one, else a new random id."""
         supplied = headers.get("x-request-id", "")
-        return supplied if _REQUEST_ID.match(supplied) else f"{_random_bits(128):032x}"
+        if supplied and _REQUEST_ID.match(supplied):
+            return supplied
+        return f"{_random_bits(128):032x}"
 
     def unknown_source(self) -> Result:
         """Counted once, under "_unknown": a caller makes no label value."""
@@ -245,10 +259,10 @@ class WebhookEndpoint:
             verified,
             received_at_us=int(now * 1_000_000),
             request_id=request_id,
-            on_fallback=lambda field: per_source.fallbacks[field].inc(),
+            on_fallback=per_source.count_fallback,
         )
         quarantined = envelope.quarantine_reason is not None
-        topic = self.topics.quarantine if quarantined else self.topics.raw(source.provider)
+        topic = self.topics.quarantine if quarantined else self._raw_topics[source.name]
         kafka_headers = ce_headers(envelope)
         if quarantined:
             kafka_headers += quarantine_headers(str(envelope.quarantine_reason), "gateway")
@@ -273,13 +287,14 @@ class WebhookEndpoint:
             return self._publish_failed(source, envelope, request_id, pending.started, exc)
         per_source = self.metrics.by_source[source.name]
         per_source.observe_publish["acknowledged"](time.perf_counter() - pending.started)
-        logs.debug(  # one line per published request at log_level = "debug"
-            "published",
-            source=source.name,
-            event_id=envelope.event_id,
-            request_id=request_id,
-            topic=pending.topic,
-        )
+        if logs.debug_enabled():  # one line per published request at log_level = "debug"
+            logs.debug(
+                "published",
+                source=source.name,
+                event_id=envelope.event_id,
+                request_id=request_id,
+                topic=pending.topic,
+            )
         if envelope.quarantine_reason is not None:
             logs.warning(
                 "quarantined",

@@ -109,6 +109,7 @@ class SourceMetrics:
     observe_publish: dict[str, Callable[[float], None]] = field(init=False)
     observe_request: Callable[[float], None] = field(init=False)
     observe_body_size: Callable[[float], None] = field(init=False)
+    count_fallback: Callable[[str], None] = field(init=False)  # by field of FIELDS
 
     def __post_init__(self) -> None:
         # Only the event loop's thread serves requests: no lock (schemas/metrics_fast.py).
@@ -118,6 +119,7 @@ class SourceMetrics:
         }
         self.observe_request = Observer(self.request, loop_only=True).observe
         self.observe_body_size = Observer(self.body_size, loop_only=True).observe
+        self.count_fallback = lambda field: self.fallbacks[field].inc()
 
 
 class GatewayMetrics:

@@ -81,6 +81,11 @@ def debug(msg: str, **fields: Any) -> None:
     log(logging.DEBUG, msg, **fields)
 
 
+def debug_enabled() -> bool:
+    """Whether debug lines are written: a hot path asks before it gathers a line's fields."""
+    return _LOGGER.isEnabledFor(logging.DEBUG)
+
+
 # --------------------------------------------------------------------------- librdkafka
 
 # Parts of a librdkafka message that change between repeats of the same trouble:
