@@ -12,7 +12,7 @@ out) as wrk counted 2xx answers. wrk does not say which requests got a 2xx, so
 this is a count; requests still in flight when wrk stops (at most one per
 connection) may add ids that were never acknowledged.
 
-    python -m tests.bench.bench_gateway [--duration 15] [--connections 64]
+    python -m tests.bench.bench_gateway [--duration 10] [--rounds 3] [--workers 1,2]
     python -m tests.bench.bench_gateway --targets gateway --rounds 3 \
         --variant before=/tmp/ab/base --variant after=.      # A/B, back to back
     python -m tests.bench.bench_gateway --targets peer,gateway --workers 1,2
@@ -204,7 +204,7 @@ def gateway_means(base: str) -> dict[str, float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--duration", type=int, default=15)
+    parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--bodies", type=int, default=250_000)
     parser.add_argument(
@@ -212,10 +212,16 @@ def main() -> int:
         default="ceiling,peer,gateway",
         help="comma-separated, in the order run each round: ceiling, peer, gateway",
     )
-    parser.add_argument("--rounds", type=int, default=1, help="run every target this often")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="run every target this often, interleaved; medians are printed (one round on "
+        "this shared 2-core machine swings by a third from run to run)",
+    )
     parser.add_argument(
         "--workers",
-        default="1",
+        default="1,2",
         help="gateway worker counts to run, comma-separated (1: pinned to core 0 like the "
         "others; N > 1: `gateway --workers N` on every core, sharing them with wrk and "
         "the broker)",

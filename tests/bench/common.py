@@ -23,7 +23,7 @@ def pinned(
     """Start a process pinned to a CPU core (taskset; "0,1" for a set), with the repo on
     PYTHONPATH (unless `env` says otherwise)."""
     full_env = {**os.environ, "PYTHONPATH": REPO, **(env or {})}
-    out = subprocess.DEVNULL if quiet else None
+    out = subprocess.DEVNULL if quiet and not os.environ.get("BENCH_SERVER_LOGS") else None
     return subprocess.Popen(
         ["taskset", "-c", str(core), *argv], env=full_env, stdout=out, stderr=out, cwd=cwd
     )
