@@ -386,3 +386,28 @@ def test_no_secret_or_signature_in_logs_or_answers(
         assert secret not in logged
         assert all(secret not in answer for answer in answers)
     assert good["fintoc-signature"].split("v1=")[1] not in logged
+
+
+def test_a_published_request_is_logged_only_at_debug(
+    gateway: Gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One "published" line per acknowledged request at debug level, with its event id
+    and topic; none at info (the endpoint gathers the line's fields only when debug is on)."""
+
+    def published(event_id: str) -> list[dict[str, str]]:
+        return [
+            r.fields  # type: ignore[attr-defined]
+            for r in caplog.records
+            if r.getMessage() == "published" and r.fields.get("event_id") == event_id  # type: ignore[attr-defined]
+        ]
+
+    quiet, loud = (f"evt_{level}_{time.time_ns()}" for level in ("info", "debug"))
+    caplog.set_level("INFO", logger="webhook_bridge")
+    body = sample_body("fintoc", event_id=quiet, now=time.time())
+    assert gateway.post("fintoc", body, gateway.signed("fintoc", body)).status_code == 200
+    assert published(quiet) == []
+    caplog.set_level("DEBUG", logger="webhook_bridge")
+    body = sample_body("fintoc", event_id=loud, now=time.time())
+    assert gateway.post("fintoc", body, gateway.signed("fintoc", body)).status_code == 200
+    [line] = published(loud)
+    assert line["source"] == "fintoc" and line["topic"] == gateway.topic("fintoc")
