@@ -134,7 +134,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0  # bytes received since that head began
         self._head_size = 0  # request line + header fields parsed so far
         self._head_fields = 0
-        self._head_timer: asyncio.TimerHandle | None = None
+        # One deadline clock per connection (`_wait_for_head`): the head's deadline and
+        # uvicorn's keep-alive limit, checked by one timer that is re-armed only when it
+        # fires, instead of two timers made and cancelled for every request.
+        self._timing_head = False  # the clock runs: waiting for (the rest of) a head
+        self._idle_since = 0.0  # loop time the wait began
+        self._answered = False  # a response went out: the keep-alive limit applies too
+        self._deadline_timer: asyncio.TimerHandle | None = None
         self._refused = False
         endpoint = getattr(self.app, "webhook", None)  # GatewayApp's; None for any other app
         self._endpoint = endpoint if isinstance(endpoint, WebhookEndpoint) else None
@@ -143,10 +149,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     # ------------------------------------------------------------------ the deadline
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arm_head_timer()
+        self._wait_for_head()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_head_timer()
+        self._timing_head = False
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
         direct = self._direct
         if direct is not None:  # gone before its body came: nobody to answer, nothing counted
             self._direct = None
@@ -155,31 +164,62 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._endpoint.in_flight -= 1
         super().connection_lost(exc)
 
-    def _arm_head_timer(self) -> None:
-        self._cancel_head_timer()
-        self._head_timer = self.loop.call_later(self.header_timeout_s, self._head_too_slow)
+    def _wait_for_head(self) -> None:
+        """Start the clock: the next head must be whole within `header_timeout_s` from now
+        and, after a response, its first byte must come within uvicorn's
+        `timeout_keep_alive`. A timer already armed that fires no later than that stays:
+        firing early costs a check and a re-arm, a cancel and a new timer per request cost
+        more."""
+        self._timing_head = True
+        self._idle_since = self.loop.time()
+        due, timer = self._next_due(), self._deadline_timer
+        if timer is not None and timer.when() > due:  # it would fire late: the first answer
+            timer.cancel()  # on a connection brings the keep-alive limit forward
+            timer = None
+        if timer is None:
+            self._deadline_timer = self.loop.call_at(due, self._check_deadlines)
 
-    def _cancel_head_timer(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+    def _next_due(self) -> float:
+        due = self._idle_since + self.header_timeout_s
+        if self._answered and not self._head_bytes:
+            due = min(due, self._idle_since + self.timeout_keep_alive)
+        return due
+
+    def _check_deadlines(self) -> None:
+        self._deadline_timer = None
+        if not self._timing_head or self.transport.is_closing():
+            return  # a request is in hand: its answer starts the clock again
+        now = self.loop.time()
+        idle = self._answered and not self._head_bytes
+        if idle and now >= self._idle_since + self.timeout_keep_alive:
+            self.transport.close()  # idle after a response: uvicorn's keep-alive limit
+            return
+        if now >= self._idle_since + self.header_timeout_s:
+            self._head_too_slow()
+            return
+        self._deadline_timer = self.loop.call_at(self._next_due(), self._check_deadlines)
 
     def _head_too_slow(self) -> None:
-        self._head_timer = None
-        if not self._reading_head or self.transport.is_closing():
-            return
+        self._timing_head = False
         if self._head_bytes:  # part of a head came: say why; an idle one just closes
             self._answer_and_close(HEAD_TOO_SLOW)
         else:
             self.transport.close()
 
     def on_response_complete(self) -> None:
-        pipelined = bool(self.pipeline)
-        super().on_response_complete()
-        # the client may now send its next request: its head has the full time again
-        if not pipelined and self._reading_head and not self.transport.is_closing():
+        # uvicorn's, except that its keep-alive timer is the deadline clock's job
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:  # the next request is here already: its head needs no clock
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        elif self._reading_head:
+            # the client may now send its next request: its head has the full time again
             self._head_bytes = 0
-            self._arm_head_timer()
+            self._answered = True
+            self._wait_for_head()
 
     # ------------------------------------------------------------------ the size
     def data_received(self, data: bytes) -> None:
@@ -248,7 +288,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._reading_head = False
         self._head_bytes = 0
-        self._cancel_head_timer()
+        self._timing_head = False
         if self._endpoint is None or not self._take_direct(self._endpoint):
             self._asgi_scope()
             super().on_headers_complete()
@@ -380,7 +420,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             super().send_400_response(msg)
 
     def _refuse_head(self) -> None:
-        self._cancel_head_timer()
+        self._timing_head = False
         if not self.transport.is_closing():
             self._answer_and_close(HEAD_TOO_LARGE)
 

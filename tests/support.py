@@ -126,15 +126,20 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve(app: Any, settings: Settings | None = None) -> Iterator[str]:
+def serve(app: Any, settings: Settings | None = None, **overrides: Any) -> Iterator[str]:
     """Run an ASGI app under a real uvicorn server on a free loopback port; with
-    `settings`, under the gateway's own server configuration (gateway.server)."""
+    `settings`, under the gateway's own server configuration (gateway.server), with
+    uvicorn options `overrides` on top."""
     port = free_port()
     if settings is not None:
         from gateway.server import uvicorn_config
 
         config = uvicorn_config(
-            app, settings, "127.0.0.1", port, log_level="error", timeout_graceful_shutdown=5
+            app,
+            settings,
+            "127.0.0.1",
+            port,
+            **{"log_level": "error", "timeout_graceful_shutdown": 5, **overrides},
         )
     else:
         config = uvicorn.Config(

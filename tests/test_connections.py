@@ -162,6 +162,35 @@ def test_after_a_webhook_answer_the_next_head_has_the_head_deadline(
         assert_a_trickled_head_is_answered_408(sock)
 
 
+def test_after_an_answer_an_idle_connection_closes_at_the_keep_alive_limit(
+    kafka: KafkaCluster,
+) -> None:
+    """After an answer, a connection that sends nothing is closed at uvicorn's
+    `timeout_keep_alive` (1 s here), before the head deadline (2.5 s); one that has begun
+    its next head is held to the head deadline instead, and answered 408. (One deadline
+    clock per connection keeps both limits: gateway/connections.py.)"""
+    settings = settings_from_toml(
+        gateway_toml(kafka.bootstrap, f"keepalive-{time.time_ns()}")
+        + "[gateway]\nheader_timeout_s = 2.5\n"
+    )
+    ensure_topics(settings.admin_config(), implied_topics(settings))
+    with serve(create_app(settings), settings, timeout_keep_alive=1) as url:
+        host, port = url.removeprefix("http://").split(":")
+        server = Server(host, int(port), settings)
+        body = sample_body("jiko", event_id=f"keep-alive-{time.time_ns()}", now=time.time())
+        with server.connect() as sock:
+            sock.sendall(server.signed_post(body) + body)
+            assert read_response(sock).startswith(b"HTTP/1.1 202 ")
+            received, took = read_until_closed(sock)
+        assert received == b"" and 0.8 < took < 2.0  # the keep-alive limit, not the head's
+        with server.connect() as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n")
+            assert read_response(sock).startswith(b"HTTP/1.1 200 ")
+            sock.sendall(b"GET /healthz HTTP/1.1\r\n")  # the next head begins, and stalls
+            received, took = read_until_closed(sock)
+        assert received.startswith(b"HTTP/1.1 408 ") and 2.0 < took < 4.0
+
+
 def test_a_slow_body_is_not_cut_by_the_head_deadline(server: Server) -> None:
     body = sample_body("jiko", event_id=f"slow-body-{time.time_ns()}", now=time.time())
     with server.connect() as sock:
