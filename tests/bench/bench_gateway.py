@@ -454,6 +454,11 @@ secrets = ["JIKO_WEBHOOK_SECRET"]
     def median(label: str, key: str) -> float:
         return statistics.median(r[key] for r in by_label[label])
 
+    def busy(label: str) -> float:
+        """CPU the server used per second of the run (1.0 = one core all the time): below
+        its cores, the server waited, on the broker's acknowledgements or on wrk."""
+        return statistics.median(r["rps"] * r["cpu_us"] / 1e6 for r in by_label[label])
+
     ceiling = next((lb for lb in by_label if lb.startswith("ceiling")), None)
     peer = next((lb for lb in by_label if lb.startswith("peer")), None)
     print(f"\nmedians over {args.rounds} round(s):")
@@ -463,9 +468,13 @@ secrets = ["JIKO_WEBHOOK_SECRET"]
             ratios.append(f"/ ceiling {median(label, 'rps') / median(ceiling, 'rps'):.2f}")
         if peer and label not in (peer, ceiling):
             ratios.append(f"/ peer {median(label, 'rps') / median(peer, 'rps'):.2f} (goal >= 1.3)")
+        if peer and label not in (peer, ceiling):  # the same ratio in CPU per request
+            cpu_ratio = median(peer, "cpu_us") / median(label, "cpu_us")
+            ratios.append(f"requests per CPU-second / peer's {cpu_ratio:.2f}")
         print(
             f"  {label}: {median(label, 'rps'):.0f} req/s, p99 {median(label, 'p99_ms'):.1f} ms, "
-            f"{median(label, 'cpu_us'):.0f} us CPU/request " + "; ".join(ratios)
+            f"{median(label, 'cpu_us'):.0f} us CPU/request, {busy(label):.2f} cores busy "
+            + "; ".join(ratios)
         )
     lost = False
     for label, marker, r in runs:
