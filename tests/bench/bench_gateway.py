@@ -30,6 +30,7 @@ import hmac
 import json
 import os
 import re
+import resource
 import secrets
 import shutil
 import statistics
@@ -105,6 +106,9 @@ def write_requests(path: Path, count: int, secret: bytes, run: str = "measured")
 
 
 def run_wrk(url: str, requests_file: Path, duration_s: int, connections: int) -> dict[str, float]:
+    """One wrk run; with its own CPU per request (`wrk_us`), which shares the load core
+    with the broker."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(
         [
             "taskset",
@@ -135,7 +139,10 @@ def run_wrk(url: str, requests_file: Path, duration_s: int, connections: int) ->
     if match is None or rps is None:
         raise RuntimeError(f"cannot parse wrk output:\n{out}")
     requests, non2xx, errors, p50, p99 = (int(g) for g in match.groups())
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk is the only child waited for
+    wrk_s = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     return {
+        "wrk_us": wrk_s * 1e6 / max(1, requests),
         "rps": float(rps.group(1)),
         "requests": requests,
         "non2xx": non2xx,
@@ -230,9 +237,10 @@ def main() -> int:
         "--variant",
         action="append",
         default=[],
-        metavar="NAME=CHECKOUT",
+        metavar="NAME=CHECKOUT[,VAR=VALUE...]",
         help="A/B: run the gateway from this checkout (a folder with gateway/ and schemas/, "
-        "e.g. from `git archive REV`) as well, under NAME; repeatable. Variants run back "
+        "e.g. from `git archive REV`, or `.`) as well, under NAME, with these environment "
+        "variables (e.g. BRIDGE_KAFKA_PRODUCER_LINGER_MS=0); repeatable. Variants run back "
         "to back in every round, in the order given; the default is this checkout alone",
     )
     parser.add_argument(
@@ -250,7 +258,14 @@ def main() -> int:
         raise SystemExit("wrk is not installed (make bench installs it: apt-get install wrk)")
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     worker_counts = [int(w) for w in args.workers.split(",")]
-    variants = [tuple(v.split("=", 1)) for v in args.variant] or [("gateway", REPO)]
+    variants: list[tuple[str, str, dict[str, str]]] = [("gateway", REPO, {})]
+    if args.variant:
+        variants = []
+        for variant in args.variant:
+            name, rest = variant.split("=", 1)
+            checkout, *assignments = rest.split(",")
+            env = dict(a.split("=", 1) for a in assignments)
+            variants.append((name, os.path.abspath(checkout), env))
     secret = secrets.token_urlsafe(24)
     os.environ["JIKO_WEBHOOK_SECRET"] = secret
     work = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
@@ -300,8 +315,8 @@ secrets = ["JIKO_WEBHOOK_SECRET"]
             "--no-access-log",
         )
 
-    # (label, argv, port, cores, checkout, run marker of its bodies or "")
-    plan: list[tuple[str, list[str], int, str, str, str]] = []
+    # (label, argv, port, cores, checkout, its environment, run marker of its bodies or "")
+    plan: list[tuple[str, list[str], int, str, str, dict[str, str], str]] = []
     for _ in range(args.rounds):
         for target in targets:
             if target == "ceiling":
@@ -312,6 +327,7 @@ secrets = ["JIKO_WEBHOOK_SECRET"]
                         ceiling_port,
                         str(SERVER_CORE),
                         REPO,
+                        {},
                         "",
                     )
                 )
@@ -323,12 +339,13 @@ secrets = ["JIKO_WEBHOOK_SECRET"]
                         peer_port,
                         str(SERVER_CORE),
                         REPO,
+                        {},
                         "",
                     )
                 )
             elif target == "gateway":
                 for workers in worker_counts:
-                    for name, checkout in variants:
+                    for name, checkout, variant_env in variants:
                         cores = str(SERVER_CORE) if workers == 1 else f"{SERVER_CORE},{LOAD_CORE}"
                         label = f"{name}: full path to Kafka ack" + (
                             f", {workers} workers on cores {cores}" if workers > 1 else ""
@@ -342,12 +359,23 @@ secrets = ["JIKO_WEBHOOK_SECRET"]
                         argv = python("-m", cli, "gateway", "--config", str(config)) + (
                             ["--workers", str(workers)] if workers > 1 else []
                         )
-                        plan.append((label, argv, gateway_port, cores, checkout, f"m{len(plan)}"))
+                        plan.append(
+                            (
+                                label,
+                                argv,
+                                gateway_port,
+                                cores,
+                                checkout,
+                                variant_env,
+                                f"m{len(plan)}",
+                            )
+                        )
             else:
                 raise SystemExit(f"unknown target {target!r}")
     runs: list[tuple[str, str, dict[str, float]]] = []  # (label, run marker, figures)
+    warm = False  # whether a run has warmed the broker up yet
     try:
-        for label, argv, port, cores, checkout, marker in plan:
+        for label, argv, port, cores, checkout, variant_env, marker in plan:
             server = pinned(
                 cores,
                 argv,
@@ -355,6 +383,7 @@ secrets = ["JIKO_WEBHOOK_SECRET"]
                     "PEER_BOOTSTRAP": broker.bootstrap,
                     "PEER_TOPIC": peer_topic,
                     "PYTHONPATH": checkout,
+                    **variant_env,
                 },
                 cwd=checkout,
             )
@@ -365,12 +394,19 @@ secrets = ["JIKO_WEBHOOK_SECRET"]
                     wait_http(f"{base}/healthz", 30)
                 else:
                     time.sleep(3)
-                run_wrk(url, warmup, 3, args.connections)
+                # A fresh broker runs interpreted for its first seconds (the JVM compiles its
+                # hot paths as it goes: 150-250 us of broker CPU per request instead of
+                # 25-80): the first run that talks to it warms it up for longer, so that no
+                # target is measured against a cold broker.
+                broker_run = not label.startswith("ceiling")
+                run_wrk(url, warmup, 3 if warm or not broker_run else 20, args.connections)
+                warm = warm or broker_run
                 bodies = measured
                 if marker:  # fresh bodies: each gateway run's ids are counted apart
                     bodies = work / f"{marker}.txt"
                     write_requests(bodies, args.bodies, secret.encode(), run=marker)
                 cpu_before, threads_before = cpu_seconds(server.pid), thread_cpu(server.pid)
+                broker_before = sum(cpu_seconds(pid) for pid in broker.pids())
                 spy = None
                 if args.profile and marker:
                     spy = subprocess.Popen(
@@ -388,6 +424,8 @@ secrets = ["JIKO_WEBHOOK_SECRET"]
                     spy.wait()
                 per_request = 1e6 / max(1, figures["requests"])
                 figures["cpu_us"] = (cpu_seconds(server.pid) - cpu_before) * per_request
+                broker_s = sum(cpu_seconds(pid) for pid in broker.pids()) - broker_before
+                figures["broker_us"] = broker_s * per_request
                 if args.threads:
                     threads = thread_cpu(server.pid)
                     print(
@@ -410,7 +448,10 @@ secrets = ["JIKO_WEBHOOK_SECRET"]
                 )
                 print(
                     f"{label}: {figures['rps']:.0f} req/s, p99 {figures['p99_ms']:.1f} ms, "
-                    f"{figures['cpu_us']:.0f} us CPU/request{means}",
+                    f"{figures['cpu_us']:.0f} us CPU/request{means}; load core: broker "
+                    f"{figures['broker_us']:.0f} + wrk {figures['wrk_us']:.0f} us/request, "
+                    f"{figures['rps'] * (figures['broker_us'] + figures['wrk_us']) / 1e6:.2f} "
+                    "busy",
                     flush=True,
                 )
             finally:

@@ -110,16 +110,17 @@ class BenchBroker:
         assert self._embedded is not None
         return self._embedded.bootstrap
 
+    def pids(self) -> list[int]:
+        """The broker's processes (one per Apache Kafka node, or the embedded broker)."""
+        if self._apache is not None:
+            return list(self._apache.pids().values())
+        if self._embedded is not None and self._embedded.pid:
+            return [self._embedded.pid]
+        return []
+
     def pin(self, cores: set[int]) -> None:
         """Every thread of the broker process onto `cores` (threads it starts later inherit)."""
-        pids = (
-            list(self._apache.pids().values())
-            if self._apache is not None
-            else [self._embedded.pid]
-            if self._embedded is not None and self._embedded.pid
-            else []
-        )
-        for pid in pids:
+        for pid in self.pids():
             for task in os.listdir(f"/proc/{pid}/task"):
                 with contextlib.suppress(OSError):  # a thread that ended meanwhile
                     os.sched_setaffinity(int(task), cores)
