@@ -93,8 +93,13 @@ class Up:
             if len(found) >= count:
                 return found[count - 1]
             if time.monotonic() > deadline or self.process.poll() is not None:
-                tail = "\n".join(x for x in self.lines[-400:] if not x.startswith("%"))
-                pytest.fail(f"no {count}x {pattern!r} within {timeout_s}s:\n{tail[-6000:]}")
+                lines = list(self.lines)
+                story = "\n".join(x for x in lines if x.startswith("[up]"))  # the supervisor's
+                tail = "\n".join(x for x in lines[-400:] if not x.startswith("%"))
+                pytest.fail(
+                    f"no {count}x {pattern!r} within {timeout_s}s; every [up] line:\n"
+                    f"{story[-8000:]}\n\nthe output's tail:\n{tail[-12000:]}"
+                )
             time.sleep(0.1)
 
     def running(self, timeout_s: float = 150) -> None:
