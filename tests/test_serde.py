@@ -151,3 +151,21 @@ def test_cloudevents_headers() -> None:
     assert header_value(headers, "ce_subject") == b"link_1"
     assert header_value(headers, "ce_specversion") == b"1.0"
     assert micros_to_iso(0) == "1970-01-01T00:00:00.000000Z"
+
+
+def test_micros_to_iso_agrees_with_datetime_across_its_second_cache() -> None:
+    """RFC 3339 in UTC with six fraction digits, the same as datetime's, for times before
+    and after the epoch and for more distinct seconds than the cache keeps (it empties)."""
+    import random
+    from datetime import UTC, datetime, timedelta
+
+    from schemas import envelope
+
+    rng = random.Random(7)
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    values = [0, 1, -1, 999_999, 1_000_000, -1_000_000, -1_000_001, 1_764_496_800_000_001]
+    values += [rng.randrange(-(10**15), 4 * 10**15) for _ in range(3 * envelope._SECONDS_KEPT)]
+    for micros in values + values[:50]:  # the second pass hits the cache
+        expected = (epoch + timedelta(microseconds=micros)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        assert micros_to_iso(micros) == expected, micros
+    assert len(envelope._SECONDS) <= envelope._SECONDS_KEPT

@@ -56,27 +56,50 @@ class Secret:
         return f"Secret(key_id={self.key_id!r}, value=<redacted>)"
 
 
-# Not frozen (a frozen dataclass's __init__ is ~4x as dear; see schemas/envelope.py):
-# values all the same, that nothing changes once built.
-@dataclass(slots=True)
+# Not frozen, and each with its own __init__ (compiled with the module; the one the
+# dataclasses module would generate is Python code: see schemas/envelope.py): values all
+# the same, that nothing changes once built.
+@dataclass(slots=True, init=False)
 class InboundRequest:
     """What a verifier sees: header names lower-cased, the body exactly as received."""
 
     headers: Mapping[str, str]
     body: bytes
 
+    def __init__(self, headers: Mapping[str, str], body: bytes) -> None:
+        self.headers = headers
+        self.body = body
 
-@dataclass(slots=True)
+
+@dataclass(slots=True, init=False)
 class VerifiedRequest:
     """Proof that `request` passed `scheme`. Built only by verifiers."""
 
     request: InboundRequest
     scheme: str
-    key_id: str | None = None  # which secret/key matched (for safe rotation)
-    mode: str | None = None  # which variant matched (Just Wallet mode, J.P. Morgan methods)
-    signed_timestamp: float | None = None  # unix seconds, when the scheme signs one
-    event_id: str | None = None  # id the scheme carries in headers (webhook-id, X-GitHub-Delivery)
-    event_type: str | None = None  # type the scheme carries in headers (X-GitHub-Event, ...)
+    key_id: str | None  # which secret/key matched (for safe rotation)
+    mode: str | None  # which variant matched (Just Wallet mode, J.P. Morgan methods)
+    signed_timestamp: float | None  # unix seconds, when the scheme signs one
+    event_id: str | None  # id the scheme carries in headers (webhook-id, X-GitHub-Delivery)
+    event_type: str | None  # type the scheme carries in headers (X-GitHub-Event, ...)
+
+    def __init__(
+        self,
+        request: InboundRequest,
+        scheme: str,
+        key_id: str | None = None,
+        mode: str | None = None,
+        signed_timestamp: float | None = None,
+        event_id: str | None = None,
+        event_type: str | None = None,
+    ) -> None:
+        self.request = request
+        self.scheme = scheme
+        self.key_id = key_id
+        self.mode = mode
+        self.signed_timestamp = signed_timestamp
+        self.event_id = event_id
+        self.event_type = event_type
 
 
 class Verifier(Protocol):
