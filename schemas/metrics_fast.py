@@ -26,10 +26,6 @@ from prometheus_client.values import MutexValue
 # workers' mmap stores (multiprocess mode) always go through their own inc().
 
 
-def _store(child: Any) -> Any:
-    return child._value  # prometheus-client's value store of a labelled child
-
-
 def _unlocked(store: Any) -> Callable[[float], None]:
     def inc(amount: float) -> None:
         store._value += amount
@@ -40,7 +36,7 @@ def _unlocked(store: Any) -> Callable[[float], None]:
 def adder(child: Counter | Gauge, *, loop_only: bool = False) -> Callable[[float], None]:
     """The labelled child's value store's own ``inc(amount)``: what ``Counter.inc`` ends in,
     without its per-call checks (and without the store's lock when `loop_only`)."""
-    store = _store(child)
+    store: Any = child._value  # prometheus-client's value store of a labelled child
     if loop_only and type(store) is MutexValue:
         return _unlocked(store)
     inc: Callable[[float], None] = store.inc
@@ -58,20 +54,16 @@ class Observer:
     def __init__(self, child: Histogram, *, loop_only: bool = False) -> None:
         internals: Any = child
         self._bounds: list[float] = list(internals._upper_bounds)  # ends with +Inf
-        stores = [internals._sum, *internals._buckets]
-        self.observe: Callable[[float], None]
-        if loop_only and all(type(store) is MutexValue for store in stores):
-            self._sum = stores[0]
-            self._buckets = stores[1:]
-            self.observe = self._observe_unlocked
-        else:
-            self._sum = stores[0].inc
-            self._buckets = [store.inc for store in stores[1:]]
-            self.observe = self._observe
+        self._sum: Any = internals._sum  # value stores: the sum, then one per bucket
+        self._buckets: list[Any] = list(internals._buckets)
+        unlocked = all(type(s) is MutexValue for s in (self._sum, *self._buckets))
+        self.observe: Callable[[float], None] = (
+            self._observe_unlocked if loop_only and unlocked else self._observe
+        )
 
     def _observe(self, amount: float) -> None:
-        self._sum(amount)
-        self._buckets[bisect_left(self._bounds, amount)](1)
+        self._sum.inc(amount)
+        self._buckets[bisect_left(self._bounds, amount)].inc(1)
 
     def _observe_unlocked(self, amount: float) -> None:  # see `loop_only` above
         self._sum._value += amount
