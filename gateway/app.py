@@ -97,7 +97,11 @@ def create_app(
             for labels in verified_labels(s, verifiers[s.name])
         ],
     )
-    publisher = publisher or Publisher(settings.producer_config(), registry_topics(settings))
+    publisher = publisher or Publisher(
+        settings.producer_config(),
+        registry_topics(settings),
+        busy_poll_in_flight=settings.gateway.busy_poll_in_flight,
+    )
     serializer = serializer or EnvelopeSerializer(settings.bridge.schema_registry_url)
     endpoint = WebhookEndpoint(settings, verifiers, publisher, serializer, metrics)
     reachable = broker_reachable_gauge(registry, "gateway", lambda: publisher.broker_reachable)

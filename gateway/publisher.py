@@ -3,13 +3,14 @@
 One idempotent producer (acks=all) per gateway process. The event loop itself
 serves librdkafka's delivery reports: a timer calls ``producer.poll(0)`` every
 millisecond while messages are in flight (every 50 ms when idle), so reports resolve
-their request's future on the loop thread. Under load (`SPIN_IN_FLIGHT` messages or
-more in flight) it polls on every iteration of the loop instead: a report no longer
-waits up to a millisecond (libuv's timers count whole milliseconds) while the loop
-sits idle with every connection waiting for one, which gained 3-15 % req/s in the
-benchmark (docs/benchmarks.md). A lightly loaded gateway never spins. An earlier design used a
-poller thread; on one core the two threads fought over the GIL and the gateway
-spent most of its time handing it back and forth (docs/benchmarks.md).
+their request's future on the loop thread. Under load (`gateway.busy_poll_in_flight`
+messages or more in flight, default 16) it polls on every iteration of the loop
+instead: a report no longer waits up to a millisecond (libuv's timers count whole
+milliseconds) while the loop sits idle with every connection waiting for one. That
+buys requests per second and latency with CPU spent polling (docs/benchmarks.md); a
+lightly loaded gateway never polls that way. An earlier design used a poller thread;
+on one core the two threads fought over the GIL and the gateway spent most of its time
+handing it back and forth (docs/benchmarks.md).
 
 Requests do not call ``produce`` one by one: each adds its message to an outbox,
 and the outbox is produced in one burst at the end of the event-loop iteration
@@ -66,8 +67,6 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     "log_level": 3,
 }
 BUSY_POLL_S = 0.001
-# From this many messages in flight, poll on every loop iteration (see the module's doc).
-SPIN_IN_FLIGHT = 16
 IDLE_POLL_S = 0.05
 PROBE_INTERVAL_S = 1.0
 PROBE_TIMEOUT_S = 2.0  # a lost broker shows within interval + timeout (< 5 s)
@@ -106,8 +105,15 @@ class Publisher:
     STUCK_TIMEOUTS = 3
     STUCK_AFTER_S = 10.0
 
-    def __init__(self, config: Mapping[str, Any], topics: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        config: Mapping[str, Any],
+        topics: Sequence[str] = (),
+        busy_poll_in_flight: int = 16,
+    ) -> None:
         self._config = {**PRODUCER_DEFAULTS, **config}
+        # from this many in flight, poll on every loop iteration (0: never; module's doc)
+        self._busy_poll_in_flight = busy_poll_in_flight or float("inf")
         self.topics = tuple(topics)  # what the watch checks for existence
         self._max_queued = int(self._config["queue.buffering.max.messages"])
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -326,7 +332,7 @@ class Publisher:
         if self._rebuild_requested:
             self._rebuild()
         in_flight = len(self._pending)
-        if in_flight >= SPIN_IN_FLIGHT:  # under load: again on the loop's next iteration
+        if in_flight >= self._busy_poll_in_flight:  # under load: on the loop's next iteration
             self._schedule(0.0)
         else:
             busy = in_flight > 0 or len(self._producer) > 0

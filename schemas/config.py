@@ -67,6 +67,9 @@ class GatewaySettings:
     max_header_bytes: int = 16_384  # a larger request head (line + headers) is answered 431
     max_headers: int = 100  # more header fields are answered 431
     workers: int = 1  # processes serving one port (`gateway --workers N`), each with a producer
+    # from this many publishes in flight, poll for acknowledgements on every event-loop
+    # iteration instead of every millisecond (less latency, CPU spent polling); 0: never
+    busy_poll_in_flight: int = 16
 
 
 @dataclass(frozen=True)
@@ -394,6 +397,8 @@ def _check_values(s: Settings) -> None:
     ):
         if count < 1:
             raise ConfigError(key, "must be at least 1")
+    if s.gateway.busy_poll_in_flight < 0:
+        raise ConfigError("gateway.busy_poll_in_flight", "must be zero (never) or more")
     if s.gateway.max_header_bytes < 1024:
         raise ConfigError("gateway.max_header_bytes", "must be at least 1024")
     for address in str(s.kafka["bootstrap.servers"]).split(","):

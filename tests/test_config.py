@@ -49,6 +49,7 @@ def test_defaults_and_frozen() -> None:
         (MINIMAL + "\n[gateway]\nprot = 1\n", "gateway.prot"),
         (MINIMAL + "\n[gateway]\nport = 'x'\n", "gateway.port"),
         (MINIMAL + "\n[gateway]\nport = 70000\n", "gateway.port"),
+        (MINIMAL + "\n[gateway]\nbusy_poll_in_flight = -1\n", "gateway.busy_poll_in_flight"),
         (MINIMAL + "\n[bogus]\n", "bogus"),
         (MINIMAL.replace('scheme = "jiko"', 'scheme = "nope"'), "sources.jiko.scheme"),
         (MINIMAL.replace('scheme = "jiko"\n', ""), "sources.jiko.scheme"),

@@ -103,31 +103,37 @@ def test_timeouts_with_no_acknowledgement_in_between_are_one_run() -> None:
     assert publisher._rebuild_requested
 
 
-def test_the_poll_tick_runs_on_every_loop_iteration_only_under_load() -> None:
-    """From SPIN_IN_FLIGHT messages in flight the next poll is due at once (the loop's
-    next iteration), below that a millisecond later, and idle every 50 ms."""
+def _next_poll_after_a_tick(publisher: Publisher, in_flight: int) -> float:
+    """Seconds from a tick, with this many messages in flight, to the next one."""
+    loop = publisher._loop
+    assert loop is not None and publisher._timer is not None
+    publisher._pending = {loop.create_future() for _ in range(in_flight)}
+    publisher._timer.cancel()
+    publisher._tick()
+    return publisher._timer.when() - loop.time()
+
+
+@pytest.mark.parametrize("threshold", [16, 5, 0])
+def test_the_poll_tick_runs_on_every_loop_iteration_only_under_load(threshold: int) -> None:
+    """From `busy_poll_in_flight` messages in flight the next poll is due at once (the
+    loop's next iteration), below that a millisecond later, idle every 50 ms; with 0 the
+    tick never runs on every iteration."""
     from gateway import publisher as publisher_module
 
-    publisher = Publisher({"bootstrap.servers": "127.0.0.1:9"})
+    busy = pytest.approx(publisher_module.BUSY_POLL_S, abs=3e-4)
+    idle = pytest.approx(publisher_module.IDLE_POLL_S, abs=3e-4)
+    publisher = Publisher({"bootstrap.servers": "127.0.0.1:9"}, busy_poll_in_flight=threshold)
     loop = asyncio.new_event_loop()
     try:
-        publisher.start(loop)  # a producer with nothing queued; the broker is never reached
-
-        def next_poll_after_a_tick(in_flight: int) -> float:
-            publisher._pending = {loop.create_future() for _ in range(in_flight)}
-            assert publisher._timer is not None
-            publisher._timer.cancel()
-            publisher._tick()
-            return publisher._timer.when() - loop.time()
-
-        spin = publisher_module.SPIN_IN_FLIGHT
-        busy = pytest.approx(publisher_module.BUSY_POLL_S, abs=3e-4)
-        idle = pytest.approx(publisher_module.IDLE_POLL_S, abs=3e-4)
-        assert next_poll_after_a_tick(spin) <= 0.0
-        assert next_poll_after_a_tick(spin + 40) <= 0.0
-        assert next_poll_after_a_tick(spin - 1) == busy
-        assert next_poll_after_a_tick(1) == busy
-        assert next_poll_after_a_tick(0) == idle
+        publisher.start(loop)  # a producer with nothing queued; no broker is ever reached
+        if threshold:
+            assert _next_poll_after_a_tick(publisher, threshold) <= 0.0
+            assert _next_poll_after_a_tick(publisher, threshold + 40) <= 0.0
+            assert _next_poll_after_a_tick(publisher, threshold - 1) == busy
+        else:
+            assert _next_poll_after_a_tick(publisher, 500) == busy
+        assert _next_poll_after_a_tick(publisher, 1) == busy
+        assert _next_poll_after_a_tick(publisher, 0) == idle
     finally:
         publisher._pending = set()
         publisher.close(0)
