@@ -117,7 +117,10 @@ class Publisher:
         self.topics = tuple(topics)  # what the watch checks for existence
         self._max_queued = int(self._config["queue.buffering.max.messages"])
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        # The poll tick's handle and when it is due (loop time). Not `TimerHandle.when()`:
+        # uvloop answers call_later(0) with a plain Handle, which has no `when`.
+        self._timer: asyncio.Handle | None = None
+        self._timer_due = 0.0
         self._producer: Any = None
         self._pending: set[asyncio.Future[None]] = set()  # futures of the current producer
         self._outbox: list[
@@ -274,7 +277,7 @@ class Publisher:
                 continue
             pending.add(future)
         producer.poll(0)
-        if self._timer is not None and self._timer.when() - self._loop_time() > BUSY_POLL_S:
+        if self._timer is not None and self._timer_due - self._loop_time() > BUSY_POLL_S:
             self._timer.cancel()
             self._schedule(BUSY_POLL_S)
 
@@ -321,6 +324,7 @@ class Publisher:
     # ------------------------------------------------------------------ polling
     def _schedule(self, delay: float) -> None:
         assert self._loop is not None
+        self._timer_due = self._loop.time() + delay
         self._timer = self._loop.call_later(delay, self._tick)
 
     def _tick(self) -> None:
