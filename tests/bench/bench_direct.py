@@ -1,26 +1,30 @@
-"""The direct path's own work, in process, without sockets or a broker (not a test).
+"""The direct path's own work, in process, without sockets (not a test).
 
-    python -m tests.bench.bench_direct [--steps answer,verify,endpoint] [--requests 20000]
+    python -m tests.bench.bench_direct [--steps answer,verify,endpoint,publish] [--requests 20000]
     python -m tests.bench.bench_direct --instructions      # under valgrind: repeatable
 
 Feeds signed ~640-byte Jiko requests, as bytes, to the gateway's connection protocol
 (`gateway.connections`) over ``--connections`` fake transports that record the answer
-and send that connection's next request (as wrk does), on uvloop, in this one process.
-The publish resolves at once: what this measures is everything of a request but the
-sockets and Kafka. Three depths, each a prefix of the next:
+and send that connection's next request (as wrk does), on uvloop, in this one process:
+everything of a request but the sockets. Four depths, each a prefix of the next:
 
 - ``answer``: parse the request, take the direct path, answer (the endpoint's accept
   step replaced by a fixed answer): the HTTP layer and the answer's metrics;
 - ``verify``: the same plus the HMAC verification;
 - ``endpoint``: the endpoint's whole accept (verify, normalise, Avro, ``ce_*`` headers,
-  metrics), the publish resolved at once.
+  metrics), the publish acknowledged at once;
+- ``publish``: the same with the gateway's real publisher, to a broker (``--broker``;
+  this process and its librdkafka threads on core 0, the broker on core 1), each answer
+  after its acknowledgement: what producing and the delivery report add is the
+  difference from ``endpoint``.
 
-Prints CPU microseconds per request (the median of five passes). On a shared machine
-those swing by a third from minute to minute; ``--instructions`` runs this script twice
-under ``valgrind --tool=callgrind`` (1,000 and 3,000 requests) and prints instructions
-per request (the difference), the same to a few hundred whatever else the machine does.
-Instructions are not time: C code that valgrind runs in a slower form than the hardware
-does (OpenSSL's SHA-256) counts for more than its share.
+Prints the process's CPU microseconds per request (all threads; the median of five
+passes). On a shared machine those swing by a third from minute to minute;
+``--instructions`` runs this script twice under ``valgrind --tool=callgrind`` (1,000 and
+3,000 requests) and prints instructions per request (the difference), the same to a
+few hundred whatever else the machine does (not for ``publish``: a broker's timing is
+not repeatable). Instructions are not time: C code that valgrind runs in a slower form
+than the hardware does (OpenSSL's SHA-256) counts for more than its share.
 """
 
 from __future__ import annotations
@@ -43,9 +47,10 @@ from pathlib import Path
 from typing import Any
 
 from tests.bench.bench_gateway import jiko_body
+from tests.bench.common import BenchBroker, add_broker_argument
 
 SECRET = "bench-direct-secret-0123456789abcdef"
-STEPS = ("answer", "verify", "endpoint")
+STEPS = ("answer", "verify", "endpoint", "publish")
 
 
 def requests(count: int) -> list[bytes]:
@@ -91,21 +96,24 @@ class Driver:
     """`connections` protocols on fake transports; each sends its next request once its
     answer is written."""
 
-    def __init__(self, step: str, connections: int) -> None:
+    def __init__(self, step: str, connections: int, bootstrap: str = "127.0.0.1:9") -> None:
+        """`bootstrap`: the broker of the ``publish`` step (the others never reach one)."""
         import uvloop
         from uvicorn.server import ServerState
 
+        from deploy.topics import ensure_topics
         from gateway.app import create_app
         from gateway.connections import GuardedHttpToolsProtocol
         from gateway.server import uvicorn_config
         from gateway.verify.base import InboundRequest
         from schemas.config import load
+        from schemas.topics import implied_topics
 
         os.environ["JIKO_WEBHOOK_SECRET"] = SECRET
         work = Path(tempfile.mkdtemp(prefix="bench-direct-"))
         (work / "direct.toml").write_text(
-            '[bridge]\ntopic_prefix = "direct"\nlog_level = "warning"\n'
-            '[kafka]\n"bootstrap.servers" = "127.0.0.1:9"\n'
+            f'[bridge]\ntopic_prefix = "direct{int(time.time())}"\nlog_level = "warning"\n'
+            f'[kafka]\n"bootstrap.servers" = "{bootstrap}"\n'
             '[sources.jiko]\nscheme = "jiko"\nsecrets = ["JIKO_WEBHOOK_SECRET"]\n',
             encoding="utf-8",
         )
@@ -115,7 +123,13 @@ class Driver:
         self.loop = uvloop.new_event_loop()
         asyncio.set_event_loop(self.loop)
         endpoint: Any = app.webhook
-        endpoint.publisher = _Published(self.loop)
+        self.publisher: Any = None
+        if step == "publish":  # the gateway's own publisher, started as the app's lifespan does
+            ensure_topics(settings.admin_config(), implied_topics(settings))
+            self.publisher = endpoint.publisher
+            self.publisher.start(self.loop)
+        else:
+            endpoint.publisher = _Published(self.loop)
         verifier = endpoint.verifiers["jiko"]
 
         def answer(*_args: Any) -> Any:
@@ -134,7 +148,7 @@ class Driver:
                 config=config, server_state=state, app_state={}, _loop=self.loop
             )
             protocol.connection_made(_Transport(self, index))
-            if step != "endpoint":
+            if step in ("answer", "verify"):
                 protocol._endpoint = _Endpoint(endpoint, answer if step == "answer" else verify)  # type: ignore[assignment]
             self.protocols.append(protocol)
         self._pending: Iterator[bytes] = iter(())
@@ -167,6 +181,11 @@ class Driver:
 
         self.loop.run_until_complete(go())
 
+    def close(self) -> None:
+        if self.publisher is not None:
+            self.publisher.close(5)
+        self.loop.close()
+
 
 class _Transport(asyncio.Transport):
     def __init__(self, driver: Driver, index: int) -> None:
@@ -194,19 +213,22 @@ class _Transport(asyncio.Transport):
         return None
 
 
-def cpu_per_request(step: str, count: int, connections: int) -> float:
+def cpu_per_request(step: str, count: int, connections: int, bootstrap: str) -> float:
     batch = requests(count + 2000)
-    driver = Driver(step, connections)
-    driver.run(batch[:2000])  # warm up
-    if not driver.answers or not driver.answers[0].startswith(b"HTTP/1.1 2"):
-        raise SystemExit(f"{step}: unexpected answer {driver.answers[:1]!r}")
-    passes = []
-    size = count // 5
-    for start in range(2000, 2000 + 5 * size, size):
-        before = time.thread_time()
-        driver.run(batch[start : start + size])
-        passes.append((time.thread_time() - before) / size * 1e6)
-    return statistics.median(passes)
+    driver = Driver(step, connections, bootstrap)
+    try:
+        driver.run(batch[:2000])  # warm up
+        if not driver.answers or not driver.answers[0].startswith(b"HTTP/1.1 2"):
+            raise SystemExit(f"{step}: unexpected answer {driver.answers[:1]!r}")
+        passes = []
+        size = count // 5
+        for start in range(2000, 2000 + 5 * size, size):
+            before = time.process_time()  # every thread: librdkafka's too, for `publish`
+            driver.run(batch[start : start + size])
+            passes.append((time.process_time() - before) / size * 1e6)
+        return statistics.median(passes)
+    finally:
+        driver.close()
 
 
 def instructions_per_request(step: str, connections: int) -> int:
@@ -236,26 +258,45 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--instructions", action="store_true")
     parser.add_argument("--only-run", type=int, default=0, help=argparse.SUPPRESS)
+    add_broker_argument(parser)
     args = parser.parse_args(argv)
     steps = [s for s in args.steps.split(",") if s]
     if unknown := [s for s in steps if s not in STEPS]:
         raise SystemExit(f"unknown step(s) {unknown}; choose from {STEPS}")
+    if args.instructions and "publish" in steps:
+        if args.steps != ",".join(STEPS):
+            raise SystemExit("--instructions counts answer, verify and endpoint, not publish")
+        steps.remove("publish")
     if args.only_run:  # one counted run, under valgrind (--instructions)
         batch = requests(3000)  # the same requests made in both runs: only serving differs
         Driver(steps[0], args.connections).run(batch[: args.only_run])
         return 0
     from schemas.compiled import compiled
 
-    print(
-        f"direct path in process ({len(compiled())} modules compiled; {args.connections} "
-        "connections; the publish acknowledged at once)"
-    )
-    for step in steps:
-        if args.instructions:
-            figure = f"{instructions_per_request(step, args.connections):>9,} instructions/request"
-        else:
-            figure = f"{cpu_per_request(step, args.requests, args.connections):6.1f} us CPU/request"
-        print(f"  {step:9s} {figure}", flush=True)
+    broker = BenchBroker(args.broker) if "publish" in steps else None
+    if broker is not None:
+        broker.start()
+        broker.pin({1})
+        os.sched_setaffinity(0, {0})  # and the threads librdkafka starts later
+    try:
+        print(
+            f"direct path in process ({len(compiled())} modules compiled; {args.connections} "
+            "connections; up to `endpoint` the publish is acknowledged at once"
+            + (f"; `publish` on {broker.name}" if broker is not None else "")
+            + ")"
+        )
+        for step in steps:
+            if args.instructions:
+                count = instructions_per_request(step, args.connections)
+                figure = f"{count:>9,} instructions/request"
+            else:
+                bootstrap = broker.bootstrap if broker is not None else "127.0.0.1:9"
+                cpu = cpu_per_request(step, args.requests, args.connections, bootstrap)
+                figure = f"{cpu:6.1f} us CPU/request"
+            print(f"  {step:9s} {figure}", flush=True)
+    finally:
+        if broker is not None:
+            broker.stop()
     return 0
 
 

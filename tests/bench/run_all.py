@@ -12,7 +12,7 @@ import time
 
 BENCHMARKS = (
     "tests.bench.bench_gateway",
-    "tests.bench.bench_gateway_cpu",
+    "tests.bench.bench_direct",
     "tests.bench.bench_consumers",
     "tests.bench.probe_broker",
     "tests.bench.bench_fanout",
